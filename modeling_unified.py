@@ -948,10 +948,11 @@ def _generation_config(
     """A copy of `base` (default: the model's generation config) with `overrides`; neither object changes."""
     config = copy.deepcopy(base if base is not None else model.generation_config)
     if not overrides.get("do_sample", config.do_sample):
-        # The source configs' sampling settings would only trigger warnings under greedy decoding.
-        for name in ("temperature", "top_p", "top_k"):
+        # Under greedy decoding the source configs' sampling settings only trigger warnings. They are set
+        # to neutral values, not None, because `generate` fills None fields from the model's config again.
+        for name, neutral in (("temperature", 1.0), ("top_p", 1.0), ("top_k", 50)):
             if name not in overrides:
-                setattr(config, name, None)
+                setattr(config, name, neutral)
     config.update(**overrides)
     config.max_new_tokens = max_new_tokens
     config.max_length = None

@@ -337,6 +337,7 @@ def load_video(
 
     A file is sampled at `sample_fps` frames per second, keeping at most `max_frames` spread evenly.
     A list of frames is taken as it is and is assumed to play at `frames_fps`.
+    Raises `ValueError` for a file when `sample_fps` is not positive or `max_frames` is below 1.
     """
     if isinstance(value, (list, tuple)):
         if not value:
@@ -347,6 +348,11 @@ def load_video(
         stacked = np.stack([np.asarray(frame) for frame in frames])
         return VideoClip(stacked, frames_fps, list(range(len(frames))), len(frames))
     if isinstance(value, (str, Path)):
+        if sample_fps <= 0 or max_frames < 1:
+            raise ValueError(
+                f"sample_fps must be positive and max_frames at least 1, but got sample_fps={sample_fps} "
+                f"and max_frames={max_frames}."
+            )
         return _decode_video_file(Path(value), sample_fps, max_frames, max_pixels)
     raise TypeError(
         f"Unsupported video input {describe_input(value)}. Accepted: a video file path or a list of frames."
@@ -375,6 +381,8 @@ def _decode_video_file(path: Path, sample_fps: float, max_frames: int, max_pixel
     step = max(1.0, fps / sample_fps)
     indices = [int(i * step) for i in range(int(len(decoded) / step) or 1)]
     if len(indices) > max_frames:
-        indices = [indices[round(i * (len(indices) - 1) / (max_frames - 1))] for i in range(max_frames)]
+        # Spread the frames from the first candidate to the last. With max_frames=1 only the first remains.
+        span = max(max_frames - 1, 1)
+        indices = [indices[round(i * (len(indices) - 1) / span)] for i in range(max_frames)]
     frames = [load_image(decoded[i], max_pixels=max_pixels) for i in indices]
     return VideoClip(np.stack([np.asarray(f) for f in frames]), fps, indices, len(decoded))
