@@ -1008,7 +1008,8 @@ def _processor_max_pixels(processor) -> int | None:
 
 def _processor_size(processor, max_pixels: int) -> dict:
     size = dict(getattr(processor.image_processor, "size", None) or {})
-    shortest = min(size.get("shortest_edge", 0) or 0, max_pixels)
+    # The minimum must stay below the maximum: Qwen's resize rounds up to reach the minimum.
+    shortest = min(size.get("shortest_edge", 0) or 0, max_pixels // 2)
     return {"longest_edge": max_pixels, "shortest_edge": shortest}
 
 

@@ -275,7 +275,7 @@ def _from_array(array: np.ndarray, label: str) -> Image.Image:
             raise ImageLoadError(f"Image array {label} holds NaN or infinite values.")
         scale = 255.0 if array.max(initial=0.0) <= 1.0 else 1.0
         array = np.clip(array * scale, 0, 255).round().astype(np.uint8)
-    elif array.dtype == np.uint16:
+    elif array.dtype.kind == "u" and array.dtype.itemsize == 2:  # uint16 in either byte order
         array = (array >> 8).astype(np.uint8)
     elif array.dtype != np.uint8:
         if array.min(initial=0) < 0 or array.max(initial=0) > 255:

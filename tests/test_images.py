@@ -141,6 +141,7 @@ GRAY_KINDS = {
     "numpy_hw1": lambda gray: gray[..., None],
     "numpy_hw_float": lambda gray: gray.astype(np.float64) / 255.0,
     "numpy_hw_uint16": lambda gray: gray.astype(np.uint16) * 257,
+    "numpy_hw_uint16_big_endian": lambda gray: (gray.astype(np.uint16) * 257).astype(">u2"),
     "torch_hw": lambda gray: torch.from_numpy(gray.copy()),
     "torch_1hw": lambda gray: torch.from_numpy(gray.copy())[None],
 }

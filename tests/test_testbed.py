@@ -48,7 +48,7 @@ GPT_OSS_SHARDS = (
     "model-00002-of-00002.safetensors",
 )
 
-# Config fields that the test bed may shrink; every other field must equal the real config.
+# Config fields that the test bed may shrink. Every other field must equal the real config.
 QWEN_SIZE_FIELDS = {
     "text_config.hidden_size",
     "text_config.intermediate_size",
@@ -119,7 +119,7 @@ QWEN_IMAGE_PROMPT = (
 HARMONY_USER_TURN = "<|start|>user<|message|>Hi<|end|>"
 HARMONY_GENERATION_PROMPT = "<|start|>assistant"
 
-# E2M1 magnitudes by code (code = sign << 3 | magnitude index), from the OCP Microscaling spec.
+# E2M1 magnitudes by code, where code = sign << 3 | magnitude index.
 E2M1_MAGNITUDES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
 E2M1_MIDPOINTS = (E2M1_MAGNITUDES[1:] + E2M1_MAGNITUDES[:-1]) / 2
 
@@ -138,7 +138,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _flatten(config: dict, prefix: str = "") -> dict[str, object]:
-    """Map each leaf of a nested config to its dotted path; lists are leaves."""
+    """Map each leaf of a nested config to its dotted path. Lists count as leaves."""
     leaves = {}
     for key, value in config.items():
         path = f"{prefix}{key}"
@@ -164,8 +164,8 @@ def _changed_fields(real: dict, tiny: dict) -> set[str]:
 def _safetensors_header(path: Path) -> tuple[dict, int]:
     """Return the tensor entries of a safetensors header and the file offset where tensor data starts.
 
-    The format is an 8-byte little-endian header length, the JSON header, then the data;
-    `data_offsets` in each entry count from the start of the data.
+    The format is an 8-byte little-endian header length, the JSON header, then the data.
+    The `data_offsets` of each entry count from the start of the data.
     """
     with path.open("rb") as file:
         (length,) = struct.unpack("<Q", file.read(8))
@@ -189,7 +189,7 @@ def _stored_bytes(stored: dict[str, tuple[str, dict]]) -> int:
 
 
 def _block_scales(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Split `weight` into 32-value blocks along its last axis; return the blocks and each block's scale.
+    """Split `weight` into 32-value blocks along its last axis and return them with each block's scale.
 
     The scale is 2 ** (floor(log2(max |x|)) - 2), so the largest magnitude of a block lands in [4, 8).
     """
@@ -219,7 +219,7 @@ def _fp4_value(code: int) -> float:
 
 
 def _expert_shapes(config: dict, projection: str) -> tuple[int, int, int]:
-    """(experts, out, in) of an expert projection as the checkpoint stores it."""
+    """Return (experts, out, in) of an expert projection as the checkpoint stores it."""
     hidden, intermediate = config["hidden_size"], config["intermediate_size"]
     out_features, in_features = (2 * intermediate, hidden) if projection == "gate_up_proj" else (hidden, intermediate)
     return config["num_local_experts"], out_features, in_features
@@ -317,7 +317,7 @@ def gpt_oss_generations(gpt_oss_model, gpt_oss_tokenizer) -> dict[str, list[int]
     """Greedy new tokens for two different user prompts."""
     return {
         prompt: _generate_new_tokens(gpt_oss_model, _harmony_prompt(gpt_oss_tokenizer, prompt))
-        for prompt in ("Name a colour.", "Count to three.")
+        for prompt in ("Hi", "Count to three.")
     }
 
 
@@ -592,7 +592,7 @@ def test_gpt_oss_decoy_folder(any_sources, decoy):
 @pytest.mark.parametrize("projection", ["gate_up_proj", "down_proj"])
 def test_mxfp4_round_trip_matches_reference(gpt_oss_model, gpt_oss_originals, projection):
     for layer, decoder_layer in enumerate(gpt_oss_model.model.layers):
-        # transformers holds [experts, in, out]; MXFP4 blocks run along `in`.
+        # transformers stores [experts, in, out], and MXFP4 blocks run along `in`.
         loaded = getattr(decoder_layer.mlp.experts, projection).detach().double().transpose(1, 2).numpy()
         original = gpt_oss_originals[f"model.layers.{layer}.mlp.experts.{projection}"]
         original = original.double().transpose(1, 2).numpy()
@@ -602,7 +602,7 @@ def test_mxfp4_round_trip_matches_reference(gpt_oss_model, gpt_oss_originals, pr
 
 @pytest.mark.parametrize("projection", ["gate_up_proj", "down_proj"])
 def test_mxfp4_round_trip_error_bound(gpt_oss_model, gpt_oss_originals, projection):
-    """Every value that does not saturate lies within half the widest E2M1 step (1.0) of its original."""
+    """Every value that does not saturate lies within 1.0 block scale (half the widest E2M1 step) of its original."""
     for layer, decoder_layer in enumerate(gpt_oss_model.model.layers):
         loaded = getattr(decoder_layer.mlp.experts, projection).detach().double().transpose(1, 2).numpy()
         original = gpt_oss_originals[f"model.layers.{layer}.mlp.experts.{projection}"]
@@ -652,7 +652,7 @@ def test_blocks_byte_flip_changes_two_values(sources, gpt_oss_model, tmp_path):
     shard.write_bytes(bytes(data))
     flipped = GptOssForCausalLM.from_pretrained(copy)
 
-    # The byte holds elements 2 * pair (low nibble) and 2 * pair + 1 (high nibble) of its block.
+    # The byte contains elements 2 * pair (low nibble) and 2 * pair + 1 (high nibble) of its block.
     column = group * 32 + 2 * pair
     before = gpt_oss_model.model.layers[0].mlp.experts.down_proj  # [experts, in, out]
     after = flipped.model.layers[0].mlp.experts.down_proj
@@ -683,7 +683,7 @@ def _codes(blocks: torch.Tensor) -> list[int]:
 
 
 def _block(values: list[float]) -> torch.Tensor:
-    """A [1, 32] weight holding `values` followed by zeros."""
+    """A [1, 32] weight containing `values` followed by zeros."""
     weight = torch.zeros(1, 32)
     weight[0, : len(values)] = torch.tensor(values)
     return weight

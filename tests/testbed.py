@@ -386,6 +386,7 @@ FALLBACK_HARMONY_TEMPLATE = (
 
 # Renders the Qwen3-VL chat format: im_start/im_end turns and a vision_start/image_pad/vision_end
 # placeholder for every image part.
+# Tags right after a newline open with `{%`, not `{%-`, which would strip the newline the real template emits.
 FALLBACK_QWEN_TEMPLATE = (
     "{%- for message in messages -%}"
     "<|im_start|>{{ message.role }}\n"
