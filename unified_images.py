@@ -153,7 +153,8 @@ def _open_image(value, *, timeout: float, max_bytes: int) -> Image.Image:
 
 def _open_location(location: str, *, timeout: float, max_bytes: int) -> Image.Image:
     label = describe_input(location)
-    scheme = urllib.parse.urlsplit(location).scheme.lower() if "://" in location or location.startswith("data:") else ""
+    has_scheme = "://" in location or location[:5].lower() == "data:"
+    scheme = urllib.parse.urlsplit(location).scheme.lower() if has_scheme else ""
     if scheme in ("http", "https"):
         return _decode(download(location, timeout=timeout, max_bytes=max_bytes), label)
     if scheme == "data":
@@ -205,10 +206,11 @@ def download(url: str, *, timeout: float = URL_TIMEOUT_SECONDS, max_bytes: int =
 
 def _decode_data_url(url: str) -> bytes:
     header, _, payload = url.partition(",")
-    if not header.endswith(";base64"):
+    if not header.lower().endswith(";base64"):
         raise ImageLoadError(f"Data URL {describe_input(url)} is not base64-encoded; use data:image/...;base64,<data>.")
     try:
-        return base64.b64decode(payload, validate=True)
+        # Line breaks inside the payload are allowed (MIME wraps base64 at 76 characters).
+        return base64.b64decode("".join(payload.split()), validate=True)
     except ValueError as error:
         raise ImageLoadError(f"Data URL {describe_input(url)} holds invalid base64: {error}.") from error
 
@@ -368,21 +370,38 @@ def _decode_video_file(path: Path, sample_fps: float, max_frames: int, max_pixel
     except ImportError as error:
         raise ImportError("Reading video files needs PyAV: `pip install av`.") from error
 
+    # Two passes keep memory bounded by the sampled frames: the first only counts packets, the
+    # second decodes the file and converts just the frames that are kept.
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             fps = float(stream.average_rate or stream.guessed_rate or 24)
-            decoded = [frame.to_image() for frame in container.decode(stream)]
+            total = sum(1 for packet in container.demux(stream) if packet.size)
+        indices = sample_frame_indices(total, fps, sample_fps, max_frames)
+        wanted = set(indices)
+        frames = {}
+        with av.open(str(path)) as container:
+            for position, frame in enumerate(container.decode(container.streams.video[0])):
+                if position in wanted:
+                    frames[position] = load_image(frame.to_image(), max_pixels=max_pixels)
+                if position >= indices[-1]:
+                    break
     except (av.error.FFmpegError, IndexError, OSError) as error:
         raise ImageLoadError(f"Could not decode video file {label}: {error}.") from error
-    if not decoded:
+    if not frames:
         raise ImageLoadError(f"Video file {label} holds no frames.")
+    indices = [index for index in indices if index in frames]
+    frames = [frames[index] for index in indices]
+    return VideoClip(np.stack([np.asarray(f) for f in frames]), fps, indices, total)
 
+
+def sample_frame_indices(total: int, fps: float, sample_fps: float, max_frames: int) -> list[int]:
+    """Indices of the frames kept from a video of `total` frames: `sample_fps` per second, at most
+    `max_frames`, spread from the first candidate to the last."""
     step = max(1.0, fps / sample_fps)
-    indices = [int(i * step) for i in range(int(len(decoded) / step) or 1)]
+    indices = [int(i * step) for i in range(int(total / step) or 1)]
     if len(indices) > max_frames:
-        # Spread the frames from the first candidate to the last. With max_frames=1 only the first remains.
+        # With max_frames=1 only the first candidate remains.
         span = max(max_frames - 1, 1)
         indices = [indices[round(i * (len(indices) - 1) / span)] for i in range(max_frames)]
-    frames = [load_image(decoded[i], max_pixels=max_pixels) for i in indices]
-    return VideoClip(np.stack([np.asarray(f) for f in frames]), fps, indices, len(decoded))
+    return indices

@@ -23,7 +23,7 @@ from PIL import Image
 import testbed
 import unified_images
 from helpers import ImageServer
-from unified_images import ImageLoadError, image_fingerprint, load_image, load_video
+from unified_images import ImageLoadError, image_fingerprint, load_image, load_video, sample_frame_indices
 
 # Seconds the ImageServer's /slow/ route waits before it responds.
 SLOW_SECONDS = 3.0
@@ -500,6 +500,15 @@ def test_bad_url(server, url, options, words):
         assert word in str(caught.value)
 
 
+def test_data_url_variants(photos):
+    path = photos["astronaut"]
+    expected = np.asarray(Image.open(path).convert("RGB"))
+    payload = base64.b64encode(path.read_bytes()).decode("ascii")
+    wrapped = "\n".join(payload[i : i + 76] for i in range(0, len(payload), 76))
+    for url in (f"DATA:image/png;BASE64,{payload}", f"data:image/png;base64,{wrapped}"):
+        assert np.array_equal(np.asarray(load_image(url)), expected)
+
+
 def test_url_timeout(server):
     url = f"{server.url}/slow/astronaut.png"
 
@@ -686,3 +695,17 @@ def test_video_unsupported_type():
         load_video(5)
 
     assert "int" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("total", "fps", "sample_fps", "max_frames", "expected"),
+    [
+        (20, 10.0, 2.0, 64, [0, 5, 10, 15]),
+        (20, 10.0, 20.0, 64, list(range(20))),
+        (20, 10.0, 2.0, 2, [0, 15]),
+        (20, 10.0, 2.0, 1, [0]),
+        (3, 30.0, 2.0, 64, [0]),
+    ],
+)
+def test_sample_frame_indices(total, fps, sample_fps, max_frames, expected):
+    assert sample_frame_indices(total, fps, sample_fps, max_frames) == expected
