@@ -620,7 +620,7 @@ class UnifiedMultimodalModel(PreTrainedModel):
             _check_positive_int("max_image_pixels", pixels)
         _check_positive_int("max_image_bytes", max_image_bytes)
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}.")
+            raise TypeError(f"seed must be an int, got {type(seed).__name__} ({seed!r:.80}).")
         vision_generation = dict(config.description_generation or {})
         if vision_generation_kwargs is not None:
             if not isinstance(vision_generation_kwargs, dict):
@@ -637,10 +637,7 @@ class UnifiedMultimodalModel(PreTrainedModel):
         # stopping_criteria, ...) are passed to `generate` as they are.
         known = GenerationConfig()
         overrides = {key: generation_kwargs.pop(key) for key in list(generation_kwargs) if hasattr(known, key)}
-        if "max_new_tokens" in overrides or "max_length" in overrides:
-            raise ValueError("Set the stage-2 budget with the max_new_tokens argument of generate, not a generation setting.")
-        if "max_new_tokens" in vision_generation:
-            raise ValueError("Set the stage-1 budget with description_max_new_tokens, not vision_generation_kwargs.")
+        _check_generation_settings(overrides, vision_generation, known)
         return _Options(
             max_new_tokens=max_new_tokens, reasoning_effort=effort, description_mode=mode,
             multi_image_mode=multi_image_mode, vision_prompt=template, description_max_new_tokens=budget,
@@ -657,6 +654,11 @@ class UnifiedMultimodalModel(PreTrainedModel):
             llm_tokenizer = self.get_llm_tokenizer()
         if vlm_processor is not None and needs_vision:
             _check_vlm_processor(vlm_processor, self.config)
+        if not callable(getattr(llm_tokenizer, "get_vocab", None)):
+            raise TypeError(
+                f"llm_tokenizer must be the gpt-oss tokenizer (AutoTokenizer of llm_tokenizer/), got "
+                f"{type(llm_tokenizer).__name__}."
+            )
         HarmonyTokenIds.from_tokenizer(llm_tokenizer)
         if len(llm_tokenizer) > self.config.llm_config.vocab_size:
             raise ValueError(
@@ -1035,6 +1037,28 @@ def _check_positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be > 0, got {value}.")
 
 
+def _check_generation_settings(stage2: dict, stage1: dict, known: GenerationConfig) -> None:
+    """Reject token budgets set through generation settings, and stage-1 settings GenerationConfig lacks."""
+    budget_keys = {"max_new_tokens", "max_length"}
+    if budget_keys & set(stage2):
+        raise ValueError(
+            f"Set the stage-2 budget with the max_new_tokens argument of generate, not the generation setting "
+            f"{sorted(budget_keys & set(stage2))}."
+        )
+    if budget_keys & set(stage1):
+        raise ValueError(
+            f"Set the stage-1 budget with description_max_new_tokens, not {sorted(budget_keys & set(stage1))} in "
+            "vision_generation_kwargs."
+        )
+    # GenerationConfig.update skips names it does not define, so a misspelt stage-1 setting would be dropped silently.
+    unknown = sorted(key for key in stage1 if not hasattr(known, key))
+    if unknown:
+        raise ValueError(
+            f"vision_generation_kwargs or config.description_generation contain settings that GenerationConfig does "
+            f"not define: {unknown}. Check their spelling."
+        )
+
+
 def _check_vlm_processor(processor, config: UnifiedConfig) -> None:
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is None or not hasattr(processor, "image_processor"):
@@ -1059,7 +1083,7 @@ def _check_question(value, name: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a string, got {type(value).__name__} ({value!r:.80}).")
     if not value.strip():
-        raise ValueError(f"{name} is empty or whitespace; ask a question.")
+        raise ValueError(f"{name} is empty or whitespace ({value!r:.80}); ask a question.")
     return value
 
 
@@ -1087,7 +1111,11 @@ def _normalize_requests(images, text_prompt, videos) -> tuple[list[_Request], bo
             )
         per_prompt_videos = [None] * len(questions) if videos is None else videos
         if not isinstance(per_prompt_videos, (list, tuple)) or len(per_prompt_videos) != len(questions):
-            raise ValueError(f"For a batch of {len(questions)} prompts, videos must be a list of {len(questions)} entries.")
+            found = len(per_prompt_videos) if isinstance(per_prompt_videos, (list, tuple)) else type(videos).__name__
+            raise ValueError(
+                f"For a batch of {len(questions)} prompts, videos must be a list of {len(questions)} entries "
+                f"(None or a video per prompt); got {found}."
+            )
         requests = [_Request(q, _image_list(i), v) for q, i, v in zip(questions, per_prompt_images, per_prompt_videos)]
         return requests, True
     return [_Request(_check_question(text_prompt, "text_prompt"), _image_list(images), videos)], False
@@ -1101,8 +1129,10 @@ def _chat_option_kwargs(kwargs: dict) -> dict:
 
 def _parse_chat(messages) -> list[dict]:
     """Validate OpenAI-style messages into turns {"role", "text", "images"} without changing them."""
-    if not isinstance(messages, (list, tuple)) or not messages:
+    if not isinstance(messages, (list, tuple)):
         raise TypeError(f"messages must be a non-empty list of dicts, got {type(messages).__name__}.")
+    if not messages:
+        raise ValueError("messages is empty; pass at least one user message.")
     turns = []
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
@@ -1119,16 +1149,23 @@ def _parse_chat(messages) -> list[dict]:
             kind = part.get("type") if isinstance(part, dict) else None
             where = f"messages[{index}]['content'][{part_index}]"
             if kind == "text":
-                texts.append(part.get("text", ""))
+                text = part.get("text", "")
+                if not isinstance(text, str):
+                    raise TypeError(f"{where}['text'] must be a string, got {type(text).__name__} ({text!r:.80}).")
+                texts.append(text)
             elif kind in ("image", "image_url", "input_image") and role == "user":
                 source = part.get("image", part.get("url"))
                 if kind == "image_url":
-                    source = part["image_url"]["url"] if isinstance(part.get("image_url"), dict) else part.get("image_url")
+                    source = part.get("image_url")
+                    if isinstance(source, dict):
+                        source = source.get("url")
                 if source is None:
                     raise ValueError(f"{where} is an image part without an image.")
                 images.append(source)
             elif kind in ("image", "image_url", "input_image"):
-                raise ValueError(f"{where}: images are accepted in user messages only, found one in a {role} message.")
+                raise ValueError(
+                    f"{where}: images are accepted in user messages only, found one in a message with role {role!r}."
+                )
             else:
                 raise ValueError(f"{where} has type {kind!r}; use 'text', 'image' or 'image_url'.")
         turns.append({"role": role, "text": "\n".join(texts), "images": images})
@@ -1138,7 +1175,9 @@ def _parse_chat(messages) -> list[dict]:
         if turn["role"] == "user" and not turn["text"].strip() and not turn["images"]:
             raise ValueError(f"messages[{index}] is a user message with no text and no image.")
     if not turns[-1]["text"].strip():
-        raise ValueError("The last user message has no text; ask a question about the image.")
+        raise ValueError(
+            f"messages[{len(turns) - 1}], the last user message, has no text; ask a question about the image."
+        )
     return turns
 
 
