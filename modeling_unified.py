@@ -13,6 +13,7 @@ transformers.
 from __future__ import annotations
 
 import copy
+import inspect
 import shutil
 import threading
 import time
@@ -28,72 +29,35 @@ from transformers import (
     AutoProcessor,
     AutoTokenizer,
     GenerationConfig,
+    GenerationMixin,
     PreTrainedModel,
 )
 from transformers.utils import logging
 
 try:
     from .configuration_unified import REASONING_EFFORTS, UnifiedConfig
-    from .unified_cache import DescriptionCache, description_key
-    from .unified_folder import (
-        BUILD_SCRIPT,
-        CODE_DIR,
-        CODE_FILES,
-        MANIFEST_NAME,
-        FolderError,
-        place_file,
-        read_manifest,
-        verify_folder,
-        write_manifest,
-    )
+    from .unified_cache import DescriptionCache
+    from .unified_folder import BUILD_SCRIPT, CODE_DIR, CODE_FILES, MANIFEST_NAME, FolderError, place_file
+    from .unified_folder import read_manifest, verify_folder, write_manifest
     from .unified_harmony import FINAL_CHANNEL_PREFIX, HarmonyStreamParser, HarmonyTokenIds, parse_reply
-    from .unified_images import image_fingerprint, load_image, load_video
-    from .unified_loading import (
-        DEQUANTIZED,
-        NATIVE,
-        check_model_folder,
-        dequantize_warning,
-        devices_of,
-        gpu_budgets,
-        plan_mxfp4,
-        plan_placement,
-        resolve_folder,
-        split_device_map,
-        weight_bytes,
-    )
+    from .unified_inputs import DescriptionJob, Request, chat_conversation, chat_option_kwargs, check_positive_int
+    from .unified_inputs import description_jobs, normalize_requests, parse_chat
+    from .unified_loading import NATIVE, check_model_folder, devices_of, gpu_budgets, load_llm, load_submodel
+    from .unified_loading import loaded_mxfp4_path, plan_mxfp4, plan_placement, remaining_memory, resolve_folder
+    from .unified_loading import split_device_map, weight_bytes
     from .unified_prompts import DESCRIPTION_MODES, VisualDescription, build_answer_messages, build_vision_messages
-    from .unified_prompts import vision_prompt_text
 except ImportError:  # imported as a top-level module, with the model folder on sys.path
     from configuration_unified import REASONING_EFFORTS, UnifiedConfig
-    from unified_cache import DescriptionCache, description_key
-    from unified_folder import (
-        BUILD_SCRIPT,
-        CODE_DIR,
-        CODE_FILES,
-        MANIFEST_NAME,
-        FolderError,
-        place_file,
-        read_manifest,
-        verify_folder,
-        write_manifest,
-    )
+    from unified_cache import DescriptionCache
+    from unified_folder import BUILD_SCRIPT, CODE_DIR, CODE_FILES, MANIFEST_NAME, FolderError, place_file
+    from unified_folder import read_manifest, verify_folder, write_manifest
     from unified_harmony import FINAL_CHANNEL_PREFIX, HarmonyStreamParser, HarmonyTokenIds, parse_reply
-    from unified_images import image_fingerprint, load_image, load_video
-    from unified_loading import (
-        DEQUANTIZED,
-        NATIVE,
-        check_model_folder,
-        dequantize_warning,
-        devices_of,
-        gpu_budgets,
-        plan_mxfp4,
-        plan_placement,
-        resolve_folder,
-        split_device_map,
-        weight_bytes,
-    )
+    from unified_inputs import DescriptionJob, Request, chat_conversation, chat_option_kwargs, check_positive_int
+    from unified_inputs import description_jobs, normalize_requests, parse_chat
+    from unified_loading import NATIVE, check_model_folder, devices_of, gpu_budgets, load_llm, load_submodel
+    from unified_loading import loaded_mxfp4_path, plan_mxfp4, plan_placement, remaining_memory, resolve_folder
+    from unified_loading import split_device_map, weight_bytes
     from unified_prompts import DESCRIPTION_MODES, VisualDescription, build_answer_messages, build_vision_messages
-    from unified_prompts import vision_prompt_text
 
 logger = logging.get_logger(__name__)
 
@@ -153,28 +117,6 @@ class UnifiedGenerationOutput:
     stage1_seconds: float = 0.0
     stage2_seconds: float = 0.0
     llm_output_ids: list[int] = field(default_factory=list)
-
-
-@dataclass
-class _Request:
-    """One question with its visual inputs, after validation (inputs not yet loaded)."""
-
-    question: str
-    images: list
-    video: object | None = None
-
-
-@dataclass
-class _DescriptionJob:
-    request: int
-    label: str
-    prompt: str
-    images: list = field(default_factory=list)
-    video: object | None = None
-    key: str = ""
-    text: str | None = None
-    tokens: int = 0
-    cached: bool = False
 
 
 @dataclass
@@ -345,18 +287,18 @@ class UnifiedMultimodalModel(PreTrainedModel):
             llm_devices = devices_of(llm_map)
         plan = plan_mxfp4(llm_folder, llm_devices, expert_dtype)
 
-        vlm = _load_submodel(
+        vlm = load_submodel(
             AutoModelForImageTextToText, vlm_folder, dtype=dtype, device_map=vlm_map, max_memory=vlm_memory, **common
         )
         if vlm_map == "sequential":
-            llm_memory = _remaining_memory(vlm_memory, vlm)
-        llm = _load_llm(llm_folder, plan, dtype=dtype, expert_dtype=expert_dtype, device_map=llm_map,
+            llm_memory = remaining_memory(vlm_memory, vlm)
+        llm = load_llm(llm_folder, plan, dtype=dtype, expert_dtype=expert_dtype, device_map=llm_map,
                         max_memory=llm_memory, **common)  # fmt: skip
 
         model = cls(config, vlm=vlm, llm=llm)
         model.source_folder = folder
         model.name_or_path = str(pretrained_model_name_or_path)
-        model.mxfp4_path, model.mxfp4_reason = _loaded_mxfp4_path(llm, plan)
+        model.mxfp4_path, model.mxfp4_reason = loaded_mxfp4_path(llm, plan)
         model.eval()
         return model
 
@@ -502,7 +444,7 @@ class UnifiedMultimodalModel(PreTrainedModel):
             TypeError / ValueError naming the argument for invalid input, and ImageLoadError (a
             ValueError) for images that cannot be read.
         """
-        requests, is_batch = _normalize_requests(images, text_prompt, videos)
+        requests, is_batch = normalize_requests(images, text_prompt, videos)
         options = self._options(
             max_new_tokens=max_new_tokens, reasoning_effort=reasoning_effort, description_mode=description_mode,
             multi_image_mode=multi_image_mode, vision_prompt=vision_prompt,
@@ -528,11 +470,12 @@ class UnifiedMultimodalModel(PreTrainedModel):
             replies = self._answer(conversations, llm_tokenizer, options, streamer)
             stage2_seconds = time.perf_counter() - started
 
-        outputs = []
-        for index, reply in enumerate(replies):
-            own_jobs = [job for job in jobs if job.request == index]
-            output = self._make_output(reply, llm_tokenizer, own_jobs, stage1_seconds, stage2_seconds)
-            outputs.append(output if return_dict else output.answer)
+            # Decoding stays under the lock: a fast tokenizer must not be used by two threads at once.
+            outputs = []
+            for index, reply in enumerate(replies):
+                own_jobs = [job for job in jobs if job.request == index]
+                output = self._make_output(reply, llm_tokenizer, own_jobs, stage1_seconds, stage2_seconds)
+                outputs.append(output if return_dict else output.answer)
         return outputs if is_batch else outputs[0]
 
     def chat(
@@ -557,25 +500,24 @@ class UnifiedMultimodalModel(PreTrainedModel):
         Returns {"role": "assistant", "content": answer}, or `UnifiedGenerationOutput` with
         `return_dict=True`. Other keyword arguments are those of `generate`.
         """
-        turns = _parse_chat(messages)
+        turns = parse_chat(messages)
         streamer = kwargs.pop("streamer", None)
-        option_kwargs = _chat_option_kwargs(kwargs)
+        option_kwargs = chat_option_kwargs(kwargs)
         options = self._options(max_new_tokens=max_new_tokens, generation_kwargs=kwargs, **option_kwargs)
 
         with self._lock:
-            user_requests = [_Request(turn["text"], turn["images"]) for turn in turns if turn["role"] == "user"]
+            user_requests = [Request(turn["text"], turn["images"]) for turn in turns if turn["role"] == "user"]
             vlm_processor, llm_tokenizer = self._resolve_processors(vlm_processor, llm_tokenizer, user_requests)
             started = time.perf_counter()
             jobs = self._description_jobs(user_requests, options, vlm_processor)
             self._describe(jobs, vlm_processor, options)
             stage1_seconds = time.perf_counter() - started
 
-            conversation = _chat_conversation(turns, jobs, self.config.developer_prompt)
+            conversation = chat_conversation(turns, jobs, self.config.developer_prompt)
             started = time.perf_counter()
             reply = self._answer([conversation], llm_tokenizer, options, streamer)[0]
             stage2_seconds = time.perf_counter() - started
-
-        output = self._make_output(reply, llm_tokenizer, jobs, stage1_seconds, stage2_seconds)
+            output = self._make_output(reply, llm_tokenizer, jobs, stage1_seconds, stage2_seconds)
         return output if return_dict else {"role": "assistant", "content": output.answer}
 
     # -----------------------------------------------------------------------------------------
@@ -599,7 +541,7 @@ class UnifiedMultimodalModel(PreTrainedModel):
         generation_kwargs=None,
     ) -> _Options:
         config = self.config
-        _check_positive_int("max_new_tokens", max_new_tokens)
+        check_positive_int("max_new_tokens", max_new_tokens)
         effort = config.reasoning_effort if reasoning_effort is None else reasoning_effort
         if effort not in REASONING_EFFORTS:
             raise ValueError(f"reasoning_effort must be one of {REASONING_EFFORTS}, got {effort!r}.")
@@ -614,11 +556,11 @@ class UnifiedMultimodalModel(PreTrainedModel):
         if not isinstance(template, str) or not template.strip():
             raise ValueError(f"vision_prompt must be a non-empty string, got {template!r}.")
         budget = config.description_max_new_tokens if description_max_new_tokens is None else description_max_new_tokens
-        _check_positive_int("description_max_new_tokens", budget)
+        check_positive_int("description_max_new_tokens", budget)
         pixels = config.max_image_pixels if max_image_pixels is None else max_image_pixels
         if pixels is not None:
-            _check_positive_int("max_image_pixels", pixels)
-        _check_positive_int("max_image_bytes", max_image_bytes)
+            check_positive_int("max_image_pixels", pixels)
+        check_positive_int("max_image_bytes", max_image_bytes)
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise TypeError(f"seed must be an int, got {type(seed).__name__} ({seed!r:.80}).")
         vision_generation = dict(config.description_generation or {})
@@ -633,11 +575,18 @@ class UnifiedMultimodalModel(PreTrainedModel):
         base = generation_kwargs.pop("generation_config", None)
         if base is not None and not isinstance(base, GenerationConfig):
             raise TypeError(f"generation_config must be a GenerationConfig, got {type(base).__name__}.")
-        # Settings a GenerationConfig holds go into the stage-2 config; the rest (logits_processor,
-        # stopping_criteria, ...) are passed to `generate` as they are.
+        # Settings that GenerationConfig defines go into the stage-2 config. The rest (logits_processor,
+        # stopping_criteria, ...) must be named arguments of `generate` and are passed to it as they are.
         known = GenerationConfig()
         overrides = {key: generation_kwargs.pop(key) for key in list(generation_kwargs) if hasattr(known, key)}
         _check_generation_settings(overrides, vision_generation, known)
+        accepted = set(inspect.signature(GenerationMixin.generate).parameters) - {"self", "kwargs", "inputs"}
+        unknown = sorted(set(generation_kwargs) - accepted)
+        if unknown:
+            raise TypeError(
+                f"generate() got unknown stage-2 arguments {unknown}: they are neither GenerationConfig settings nor "
+                f"arguments of transformers' generate. Check their spelling."
+            )
         return _Options(
             max_new_tokens=max_new_tokens, reasoning_effort=effort, description_mode=mode,
             multi_image_mode=multi_image_mode, vision_prompt=template, description_max_new_tokens=budget,
@@ -646,7 +595,7 @@ class UnifiedMultimodalModel(PreTrainedModel):
             generation_kwargs=generation_kwargs, base_generation_config=copy.deepcopy(base),
         )  # fmt: skip
 
-    def _resolve_processors(self, vlm_processor, llm_tokenizer, requests: list[_Request]):
+    def _resolve_processors(self, vlm_processor, llm_tokenizer, requests: list[Request]):
         needs_vision = any(request.images or request.video is not None for request in requests)
         if vlm_processor is None and needs_vision:
             vlm_processor = self.get_vlm_processor()
@@ -671,37 +620,17 @@ class UnifiedMultimodalModel(PreTrainedModel):
     # Stage 1: descriptions
     # -----------------------------------------------------------------------------------------
 
-    def _description_jobs(self, requests: list[_Request], options: _Options, processor) -> list[_DescriptionJob]:
-        """Load every image and video and make one description job per image, image set or video."""
-        jobs = []
-        pixels = options.max_image_pixels or _processor_max_pixels(processor)
+    def _description_jobs(self, requests: list[Request], options: _Options, processor) -> list[DescriptionJob]:
+        max_pixels = options.max_image_pixels or _processor_max_pixels(processor)
         settings = {"budget": options.description_max_new_tokens, "generation": options.vision_generation,
-                    "pixels": pixels}  # fmt: skip
-        for index, request in enumerate(requests):
-            question = request.question if options.description_mode == "question" else None
-            images = [load_image(image, max_pixels=pixels, max_bytes=options.max_image_bytes)
-                      for image in request.images]  # fmt: skip
-            if images and (options.multi_image_mode == "each" or len(images) == 1):
-                for number, image in enumerate(images, start=1):
-                    label = f"Image {number}" if len(images) > 1 else "Image"
-                    prompt = vision_prompt_text(options.vision_prompt, question, "image")
-                    jobs.append(_DescriptionJob(index, label, prompt, images=[image]))
-            elif images:
-                prompt = vision_prompt_text(options.vision_prompt, question, "images")
-                jobs.append(_DescriptionJob(index, f"Images 1-{len(images)}", prompt, images=images))
-            if request.video is not None:
-                clip = load_video(request.video, max_pixels=pixels)
-                prompt = vision_prompt_text(options.vision_prompt, question, "video")
-                jobs.append(_DescriptionJob(index, "Video", prompt, video=clip))
-        for job in jobs:
-            if job.video is not None:
-                fingerprints = [_video_fingerprint(job.video)]
-            else:
-                fingerprints = [image_fingerprint(image) for image in job.images]
-            job.key = description_key(fingerprints, job.prompt, settings)
-        return jobs
+                    "pixels": max_pixels}  # fmt: skip
+        return description_jobs(
+            requests, vision_prompt=options.vision_prompt, description_mode=options.description_mode,
+            multi_image_mode=options.multi_image_mode, max_pixels=max_pixels, max_bytes=options.max_image_bytes,
+            settings=settings,
+        )  # fmt: skip
 
-    def _describe(self, jobs: list[_DescriptionJob], processor, options: _Options) -> None:
+    def _describe(self, jobs: list[DescriptionJob], processor, options: _Options) -> None:
         pending = []
         for job in jobs:
             cached = self.description_cache.get(job.key) if options.use_cache else None
@@ -710,7 +639,7 @@ class UnifiedMultimodalModel(PreTrainedModel):
             else:
                 pending.append(job)
         # Equal images with equal prompts in one call are described once.
-        unique: dict[str, _DescriptionJob] = {}
+        unique: dict[str, DescriptionJob] = {}
         for job in pending:
             unique.setdefault(job.key, job)
         image_jobs = [job for job in unique.values() if job.video is None]
@@ -729,7 +658,7 @@ class UnifiedMultimodalModel(PreTrainedModel):
             elif options.use_cache:
                 self.description_cache.put(job.key, job.text)
 
-    def _run_vlm(self, jobs: list[_DescriptionJob], processor, options: _Options) -> None:
+    def _run_vlm(self, jobs: list[DescriptionJob], processor, options: _Options) -> None:
         texts = []
         for job in jobs:
             messages = build_vision_messages(job.prompt, images=len(job.images), videos=int(job.video is not None))
@@ -873,73 +802,6 @@ class UnifiedMultimodalModel(PreTrainedModel):
 
 
 # ---------------------------------------------------------------------------------------------
-# Loading helpers
-# ---------------------------------------------------------------------------------------------
-
-
-def _load_submodel(auto_class, folder: Path, **kwargs) -> PreTrainedModel:
-    kwargs = {key: value for key, value in kwargs.items() if value is not None}
-    try:
-        model, info = auto_class.from_pretrained(str(folder), use_safetensors=True, output_loading_info=True, **kwargs)
-    except RuntimeError as error:
-        if "mismatch" in str(error).lower():
-            raise FolderError(
-                f"The weights in {folder} do not match {folder / 'config.json'}: {error}. Rebuild the folder with "
-                "build_repo.py."
-            ) from error
-        raise
-    missing = sorted(info.get("missing_keys") or [])
-    if missing:
-        raise FolderError(
-            f"{folder} lacks {len(missing)} weights its config.json needs, e.g. {missing[:3]}. Rebuild the folder "
-            "with build_repo.py."
-        )
-    return model
-
-
-def _load_llm(folder: Path, plan, *, dtype, expert_dtype, **kwargs) -> PreTrainedModel:
-    from transformers import Mxfp4Config
-
-    if plan.path == NATIVE:
-        try:
-            return _load_submodel(AutoModelForCausalLM, folder, dtype=dtype, **kwargs)
-        except (ImportError, OSError, RuntimeError) as error:
-            # The native path fetches its Triton kernels from the Hub; offline or without them, fall back.
-            plan = type(plan)(DEQUANTIZED, f"the MXFP4 kernels could not be loaded ({error})",
-                              plan.expert_bytes_mxfp4, plan.expert_bytes_dequantized)  # fmt: skip
-
-    logger.warning_once(dequantize_warning(plan, expert_dtype))
-    quantizer_logger = logging.get_logger("transformers.quantizers.quantizer_mxfp4")
-    level = quantizer_logger.level
-    # Our warning above already explains the fallback; transformers would add its own for the same case.
-    quantizer_logger.setLevel(logging.ERROR)
-    try:
-        model = _load_submodel(
-            AutoModelForCausalLM, folder, dtype=dtype, quantization_config=Mxfp4Config(dequantize=True), **kwargs
-        )
-    finally:
-        quantizer_logger.setLevel(level)
-    model._unified_mxfp4_reason = plan.reason
-    return model
-
-
-def _loaded_mxfp4_path(llm: PreTrainedModel, plan) -> tuple[str, str]:
-    experts = [module for module in llm.modules() if type(module).__name__.endswith("Experts")]
-    native = any(type(module).__name__.startswith("Mxfp4") for module in experts)
-    if native:
-        return NATIVE, plan.reason
-    return DEQUANTIZED, getattr(llm, "_unified_mxfp4_reason", plan.reason)
-
-
-def _remaining_memory(budgets: dict, model: PreTrainedModel) -> dict:
-    used: dict = {}
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        device = tensor.device.index if tensor.device.type == "cuda" else tensor.device.type
-        used[device] = used.get(device, 0) + tensor.numel() * tensor.element_size()
-    return {device: max(0, budget - used.get(device, 0)) for device, budget in budgets.items()}
-
-
-# ---------------------------------------------------------------------------------------------
 # Generation helpers
 # ---------------------------------------------------------------------------------------------
 
@@ -1022,21 +884,6 @@ def _video_call(clip) -> dict:
     return {"videos": [clip.frames], "video_metadata": [metadata], "do_sample_frames": False}
 
 
-def _video_fingerprint(clip) -> str:
-    import hashlib
-
-    digest = hashlib.sha256(f"{clip.frames.shape}:{clip.fps}:{clip.frame_indices}".encode())
-    digest.update(clip.frames.tobytes())
-    return digest.hexdigest()
-
-
-def _check_positive_int(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r}).")
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}.")
-
-
 def _check_generation_settings(stage2: dict, stage1: dict, known: GenerationConfig) -> None:
     """Reject token budgets set through generation settings, and stage-1 settings GenerationConfig lacks."""
     budget_keys = {"max_new_tokens", "max_length"}
@@ -1072,128 +919,3 @@ def _check_vlm_processor(processor, config: UnifiedConfig) -> None:
             f"vlm_processor maps <|image_pad|> to {found}, but the VLM expects {expected}: pass the processor from the "
             "folder's vlm_processor/."
         )
-
-
-# ---------------------------------------------------------------------------------------------
-# Input normalization
-# ---------------------------------------------------------------------------------------------
-
-
-def _check_question(value, name: str) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a string, got {type(value).__name__} ({value!r:.80}).")
-    if not value.strip():
-        raise ValueError(f"{name} is empty or whitespace ({value!r:.80}); ask a question.")
-    return value
-
-
-def _image_list(value) -> list:
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    return [value]
-
-
-def _normalize_requests(images, text_prompt, videos) -> tuple[list[_Request], bool]:
-    if text_prompt is None:
-        raise TypeError("generate() needs text_prompt: the question to answer.")
-    if isinstance(text_prompt, (list, tuple)):
-        if not text_prompt:
-            raise ValueError("text_prompt is an empty list; pass at least one question.")
-        questions = [_check_question(q, f"text_prompt[{i}]") for i, q in enumerate(text_prompt)]
-        per_prompt_images = [None] * len(questions) if images is None else images
-        if not isinstance(per_prompt_images, (list, tuple)) or len(per_prompt_images) != len(questions):
-            found = len(per_prompt_images) if isinstance(per_prompt_images, (list, tuple)) else type(images).__name__
-            raise ValueError(
-                f"For a batch of {len(questions)} prompts, images must be a list of {len(questions)} entries "
-                f"(None, an image, or a list of images per prompt); got {found}."
-            )
-        per_prompt_videos = [None] * len(questions) if videos is None else videos
-        if not isinstance(per_prompt_videos, (list, tuple)) or len(per_prompt_videos) != len(questions):
-            found = len(per_prompt_videos) if isinstance(per_prompt_videos, (list, tuple)) else type(videos).__name__
-            raise ValueError(
-                f"For a batch of {len(questions)} prompts, videos must be a list of {len(questions)} entries "
-                f"(None or a video per prompt); got {found}."
-            )
-        requests = [_Request(q, _image_list(i), v) for q, i, v in zip(questions, per_prompt_images, per_prompt_videos)]
-        return requests, True
-    return [_Request(_check_question(text_prompt, "text_prompt"), _image_list(images), videos)], False
-
-
-def _chat_option_kwargs(kwargs: dict) -> dict:
-    names = ("reasoning_effort", "description_mode", "multi_image_mode", "vision_prompt", "description_max_new_tokens",
-             "vision_generation_kwargs", "max_image_pixels", "max_image_bytes", "use_description_cache", "seed")  # fmt: skip
-    return {name: kwargs.pop(name) for name in names if name in kwargs}
-
-
-def _parse_chat(messages) -> list[dict]:
-    """Validate OpenAI-style messages into turns {"role", "text", "images"} without changing them."""
-    if not isinstance(messages, (list, tuple)):
-        raise TypeError(f"messages must be a non-empty list of dicts, got {type(messages).__name__}.")
-    if not messages:
-        raise ValueError("messages is empty; pass at least one user message.")
-    turns = []
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise ValueError(f"messages[{index}] must be a dict with 'role' and 'content', got {message!r:.120}.")
-        role = message["role"]
-        if role not in ("system", "developer", "user", "assistant"):
-            raise ValueError(f"messages[{index}] has role {role!r}; use system, developer, user or assistant.")
-        texts, images = [], []
-        content = message["content"]
-        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
-        if not isinstance(parts, (list, tuple)):
-            raise TypeError(f"messages[{index}]['content'] must be a string or a list of parts, got {type(content).__name__}.")
-        for part_index, part in enumerate(parts):
-            kind = part.get("type") if isinstance(part, dict) else None
-            where = f"messages[{index}]['content'][{part_index}]"
-            if kind == "text":
-                text = part.get("text", "")
-                if not isinstance(text, str):
-                    raise TypeError(f"{where}['text'] must be a string, got {type(text).__name__} ({text!r:.80}).")
-                texts.append(text)
-            elif kind in ("image", "image_url", "input_image") and role == "user":
-                source = part.get("image", part.get("url"))
-                if kind == "image_url":
-                    source = part.get("image_url")
-                    if isinstance(source, dict):
-                        source = source.get("url")
-                if source is None:
-                    raise ValueError(f"{where} is an image part without an image.")
-                images.append(source)
-            elif kind in ("image", "image_url", "input_image"):
-                raise ValueError(
-                    f"{where}: images are accepted in user messages only, found one in a message with role {role!r}."
-                )
-            else:
-                raise ValueError(f"{where} has type {kind!r}; use 'text', 'image' or 'image_url'.")
-        turns.append({"role": role, "text": "\n".join(texts), "images": images})
-    if turns[-1]["role"] != "user":
-        raise ValueError(f"The last message must come from the user, got role {turns[-1]['role']!r}.")
-    for index, turn in enumerate(turns):
-        if turn["role"] == "user" and not turn["text"].strip() and not turn["images"]:
-            raise ValueError(f"messages[{index}] is a user message with no text and no image.")
-    if not turns[-1]["text"].strip():
-        raise ValueError(
-            f"messages[{len(turns) - 1}], the last user message, has no text; ask a question about the image."
-        )
-    return turns
-
-
-def _chat_conversation(turns: list[dict], jobs: list[_DescriptionJob], developer_prompt: str) -> list[dict]:
-    """Stage-2 messages: user turns carry their images' descriptions, system text joins the developer turn."""
-    instructions = [turn["text"] for turn in turns if turn["role"] in ("system", "developer") and turn["text"].strip()]
-    if jobs:
-        instructions.insert(0, developer_prompt)
-    conversation = [{"role": "developer", "content": "\n\n".join(instructions)}] if instructions else []
-    user_index = 0
-    for turn in turns:
-        if turn["role"] == "user":
-            descriptions = [VisualDescription(job.label, job.text or "") for job in jobs if job.request == user_index]
-            user_index += 1
-            messages = build_answer_messages(turn["text"], descriptions, None)
-            conversation.append(messages[-1])
-        elif turn["role"] == "assistant":
-            conversation.append({"role": "assistant", "content": turn["text"]})
-    return conversation

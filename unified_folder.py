@@ -31,6 +31,7 @@ CODE_FILES = (
     "unified_folder.py",
     "unified_harmony.py",
     "unified_images.py",
+    "unified_inputs.py",
     "unified_loading.py",
     "unified_prompts.py",
 )
@@ -145,7 +146,10 @@ def shard_names(folder: Path) -> list[str]:
         return sorted(set(weight_map.values()))
     if (folder / SINGLE_WEIGHTS_NAME).is_file():
         return [SINGLE_WEIGHTS_NAME]
-    raise FolderError(f"{folder} has neither {INDEX_NAME} nor {SINGLE_WEIGHTS_NAME}.")
+    raise FolderError(
+        f"{folder} has neither {INDEX_NAME} nor {SINGLE_WEIGHTS_NAME}. Only safetensors weights are loaded; files "
+        "such as pytorch_model.bin can run code when read and are never opened. Rebuild the folder with build_repo.py."
+    )
 
 
 def check_shards(folder: Path) -> list[str]:
@@ -154,7 +158,10 @@ def check_shards(folder: Path) -> list[str]:
     for name in names:
         path = folder / name
         if not path.is_file():
-            raise FolderError(f"Weight shard {path} is missing: {folder / INDEX_NAME} lists it.")
+            raise FolderError(
+                f"Weight shard {path} is missing: {folder / INDEX_NAME} lists it. Rebuild the folder with build_repo.py "
+                "or download the shard again."
+            )
         read_safetensors_header(path)
     return names
 

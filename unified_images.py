@@ -61,7 +61,9 @@ def describe_input(value) -> str:
         return f"<{type(value).__name__} shape={tuple(shape)} dtype={getattr(value, 'dtype', '?')}>"
     if isinstance(value, Image.Image):
         return f"<PIL image {value.mode} {value.width}x{value.height}>"
-    return f"<{type(value).__module__}.{type(value).__name__}>"
+    text = repr(value)
+    text = text if len(text) <= 80 else text[:77] + "..."
+    return f"<{type(value).__module__}.{type(value).__name__}: {text}>"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 from packaging import version
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.utils import logging
 
 try:
@@ -317,3 +317,70 @@ def resolve_folder(location: str | os.PathLike, hub_kwargs: dict) -> Path:
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(str(location), **{k: v for k, v in hub_kwargs.items() if v is not None}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading the sub-models
+# ---------------------------------------------------------------------------------------------
+
+
+def load_submodel(auto_class, folder: Path, **kwargs) -> PreTrainedModel:
+    kwargs = {key: value for key, value in kwargs.items() if value is not None}
+    try:
+        model, info = auto_class.from_pretrained(str(folder), use_safetensors=True, output_loading_info=True, **kwargs)
+    except RuntimeError as error:
+        if "mismatch" in str(error).lower():
+            raise FolderError(
+                f"The weights in {folder} do not match {folder / 'config.json'}: {error}. Rebuild the folder with "
+                "build_repo.py."
+            ) from error
+        raise
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise FolderError(
+            f"{folder} lacks {len(missing)} weights its config.json needs, e.g. {missing[:3]}. Rebuild the folder "
+            "with build_repo.py."
+        )
+    return model
+
+
+def load_llm(folder: Path, plan, *, dtype, expert_dtype, **kwargs) -> PreTrainedModel:
+    from transformers import Mxfp4Config
+
+    if plan.path == NATIVE:
+        try:
+            return load_submodel(AutoModelForCausalLM, folder, dtype=dtype, **kwargs)
+        except (ImportError, OSError, RuntimeError) as error:
+            # The native path fetches its Triton kernels from the Hub; offline or without them, fall back.
+            plan = type(plan)(DEQUANTIZED, f"the MXFP4 kernels could not be loaded ({error})",
+                              plan.expert_bytes_mxfp4, plan.expert_bytes_dequantized)  # fmt: skip
+
+    logger.warning_once(dequantize_warning(plan, expert_dtype))
+    quantizer_logger = logging.get_logger("transformers.quantizers.quantizer_mxfp4")
+    level = quantizer_logger.level
+    # Our warning above already explains the fallback; transformers would add its own for the same case.
+    quantizer_logger.setLevel(logging.ERROR)
+    try:
+        model = load_submodel(
+            AutoModelForCausalLM, folder, dtype=dtype, quantization_config=Mxfp4Config(dequantize=True), **kwargs
+        )
+    finally:
+        quantizer_logger.setLevel(level)
+    model._unified_mxfp4_reason = plan.reason
+    return model
+
+
+def loaded_mxfp4_path(llm: PreTrainedModel, plan) -> tuple[str, str]:
+    experts = [module for module in llm.modules() if type(module).__name__.endswith("Experts")]
+    native = any(type(module).__name__.startswith("Mxfp4") for module in experts)
+    if native:
+        return NATIVE, plan.reason
+    return DEQUANTIZED, getattr(llm, "_unified_mxfp4_reason", plan.reason)
+
+
+def remaining_memory(budgets: dict, model: PreTrainedModel) -> dict:
+    used: dict = {}
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        device = tensor.device.index if tensor.device.type == "cuda" else tensor.device.type
+        used[device] = used.get(device, 0) + tensor.numel() * tensor.element_size()
+    return {device: max(0, budget - used.get(device, 0)) for device, budget in budgets.items()}

@@ -69,7 +69,8 @@ def folder_digest(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
 
 EXPECTED_TOP_LEVEL = {
     "config.json", "README.md", "manifest.json", "build_repo.py", "configuration_unified.py", "modeling_unified.py",
-    "unified_cache.py", "unified_folder.py", "unified_harmony.py", "unified_images.py", "unified_loading.py",
+    "unified_cache.py", "unified_folder.py", "unified_harmony.py", "unified_images.py", "unified_inputs.py",
+    "unified_loading.py",
     "unified_prompts.py",
 }  # fmt: skip
 

@@ -103,7 +103,7 @@ GENERATE_CASES = [
     pytest.param({"vision_generation_kwargs": "greedy"}, TypeError, ["vision_generation_kwargs", "str"],
                  id="vision-kwargs-str"),
     pytest.param({"max_length": 10}, ValueError, ["max_length", "max_new_tokens argument"], id="stage2-max-length"),
-    pytest.param({"temprature": 0.5}, ValueError, ["temprature"], id="stage2-unknown"),
+    pytest.param({"temprature": 0.5}, TypeError, ["temprature", "spelling"], id="stage2-unknown"),
     pytest.param({"text_prompt": ["a", "b"], "streamer": BaseStreamer()}, ValueError, ["streamer", "batch of 2"],
                  id="streamer-batch"),
     pytest.param({"generation_config": {"do_sample": False}}, TypeError,
@@ -334,7 +334,7 @@ def vision_pixels(model):
 
 
 def test_animated_gif_first_frame(model, edge_images, tmp_path):
-    import modeling_unified
+    import unified_images
 
     # A name of its own: the warning is logged once per message, and the message names the file.
     gif = tmp_path / "animated_for_faults.gif"
@@ -348,7 +348,7 @@ def test_animated_gif_first_frame(model, edge_images, tmp_path):
     records = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = records.append
-    image_logger = logging.getLogger(modeling_unified.load_image.__module__)
+    image_logger = logging.getLogger(unified_images.load_image.__module__)
     image_logger.addHandler(handler)
     try:
         with vision_pixels(model) as pixels:
