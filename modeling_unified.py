@@ -40,6 +40,7 @@ try:
     from .unified_folder import BUILD_SCRIPT, CODE_DIR, CODE_FILES, MANIFEST_NAME, FolderError, place_file
     from .unified_folder import read_manifest, verify_folder, write_manifest
     from .unified_harmony import FINAL_CHANNEL_PREFIX, HarmonyStreamParser, HarmonyTokenIds, parse_reply
+    from .unified_images import ImageLoadError
     from .unified_inputs import DescriptionJob, Request, chat_conversation, chat_option_kwargs, check_positive_int
     from .unified_inputs import description_jobs, normalize_requests, parse_chat
     from .unified_loading import NATIVE, check_model_folder, devices_of, gpu_budgets, load_llm, load_submodel
@@ -52,6 +53,7 @@ except ImportError:  # imported as a top-level module, with the model folder on 
     from unified_folder import BUILD_SCRIPT, CODE_DIR, CODE_FILES, MANIFEST_NAME, FolderError, place_file
     from unified_folder import read_manifest, verify_folder, write_manifest
     from unified_harmony import FINAL_CHANNEL_PREFIX, HarmonyStreamParser, HarmonyTokenIds, parse_reply
+    from unified_images import ImageLoadError
     from unified_inputs import DescriptionJob, Request, chat_conversation, chat_option_kwargs, check_positive_int
     from unified_inputs import description_jobs, normalize_requests, parse_chat
     from unified_loading import NATIVE, check_model_folder, devices_of, gpu_budgets, load_llm, load_submodel
@@ -60,6 +62,10 @@ except ImportError:  # imported as a top-level module, with the model folder on 
     from unified_prompts import DESCRIPTION_MODES, VisualDescription, build_answer_messages, build_vision_messages
 
 logger = logging.get_logger(__name__)
+
+# Every helper module is imported here directly, because some transformers releases (5.0.0 among
+# them) copy only a remote-code file's direct relative imports into their module cache.
+__all__ = ["UnifiedMultimodalModel", "UnifiedGenerationOutput", "FolderError", "ImageLoadError"]
 
 # The range this file is tested with; the lowest version has a CI job of its own.
 MIN_TRANSFORMERS_VERSION = "5.0.0"

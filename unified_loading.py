@@ -366,6 +366,10 @@ def load_llm(folder: Path, plan, *, dtype, expert_dtype, **kwargs) -> PreTrained
         )
     finally:
         quantizer_logger.setLevel(level)
+    # Some transformers releases (5.0.0 among them) dequantize to BF16 whatever dtype was requested.
+    for module in model.modules():
+        if type(module).__name__.endswith("Experts"):
+            module.to(expert_dtype)
     model._unified_mxfp4_reason = plan.reason
     return model
 
