@@ -7,8 +7,8 @@
 
 Weight files are hard-linked or copied byte for byte and never re-saved, so gpt-oss keeps its
 native MXFP4 experts (~13.8 GB instead of ~48 GB in BF16). The folder is built beside the output
-under a temporary name and renamed into place at the end; an interrupted build leaves no folder
-that looks complete, and a rerun reuses the files already in place.
+under a temporary name and renamed into place at the end. An interrupted build therefore leaves
+no folder that looks complete, and a rerun reuses the files already in place.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def _logger():
 
 
 def resolve_source(role: str, spec: str, revision: str | None, token: str | None) -> Source:
-    """A local folder as it is, or a Hub repo downloaded with only the files the package needs."""
+    """Return a local folder as it is, or download a Hub repo with only the files the package needs."""
     path = Path(spec).expanduser()
     if path.is_dir():
         return Source(role, spec, path.resolve(), revision, _local_commit(path))
@@ -113,7 +113,7 @@ def resolve_source(role: str, spec: str, revision: str | None, token: str | None
 
 
 def _local_commit(folder: Path) -> str | None:
-    """The commit of a Hugging Face cache snapshot folder (snapshots/<commit>), else None."""
+    """Return the commit of a Hugging Face cache snapshot folder (snapshots/<commit>), else None."""
     if folder.parent.name == "snapshots" and len(folder.name) == 40:
         return folder.name
     return None
@@ -412,7 +412,7 @@ def render_model_card(vlm: Source, llm: Source, staging: Path) -> str:
 
 
 def hub_repo_id(source: Source, default: str) -> str:
-    """The Hub id of a source: as given, read from a Hugging Face cache path, or the default model's."""
+    """Return the Hub id of a source: as given, read from a Hugging Face cache path, or the default model's."""
     if source.folder.parent.name == "snapshots" and source.folder.parent.parent.name.startswith("models--"):
         return source.folder.parent.parent.name.removeprefix("models--").replace("--", "/")
     if not Path(source.spec).expanduser().exists():

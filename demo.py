@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def build_folder(args: argparse.Namespace, workspace: Path) -> tuple[Path, bool]:
-    """Return the model folder to load and whether it holds the random test-bed weights."""
+    """Return the model folder to load and whether it contains the random test-bed weights."""
     sys.path.insert(0, str(REPO_ROOT))
     import build_repo
 

@@ -309,13 +309,13 @@ class UnifiedMultimodalModel(PreTrainedModel):
         return model
 
     def get_vlm_processor(self):
-        """The stage-1 processor of the folder, loaded on first use."""
+        """Return the folder's stage-1 processor, loading it on first use."""
         if self._vlm_processor is None:
             self._vlm_processor = AutoProcessor.from_pretrained(self._part(self.config.vlm_processor_subfolder))
         return self._vlm_processor
 
     def get_llm_tokenizer(self):
-        """The stage-2 tokenizer of the folder, loaded on first use."""
+        """Return the folder's stage-2 tokenizer, loading it on first use."""
         if self._llm_tokenizer is None:
             self._llm_tokenizer = AutoTokenizer.from_pretrained(self._part(self.config.llm_tokenizer_subfolder))
         return self._llm_tokenizer
@@ -712,9 +712,9 @@ class UnifiedMultimodalModel(PreTrainedModel):
             replies = [_Reply(ids=_cut_at_stop(row, stops, keep_stop=True), prompt_tokens=len(prompt))
                        for row, prompt in zip(generated, prompts)]  # fmt: skip
 
-            # A reply that stopped on the budget continues within the reserve: inside its reasoning, the
-            # final channel is opened for it first; inside a final answer, the answer simply goes on.
-            # A tool call is answered the same way, because this pipeline offers the model no tools.
+            # A reply that stopped on the budget continues within the reserve. Inside its reasoning, the
+            # final channel is opened for it first. Inside a final answer, the answer simply goes on.
+            # A tool call is handled like reasoning, because this pipeline offers the model no tools.
             rescue = []
             for index, reply in enumerate(replies):
                 parse = parse_reply(reply.ids, harmony, _decoder(tokenizer))
@@ -815,7 +815,7 @@ class UnifiedMultimodalModel(PreTrainedModel):
 def _generation_config(
     model: PreTrainedModel, overrides: dict, max_new_tokens: int, base: GenerationConfig | None = None
 ) -> GenerationConfig:
-    """A copy of `base` (default: the model's generation config) with `overrides`; neither object changes."""
+    """Copy `base` (default: the model's generation config) and apply `overrides`; neither object changes."""
     config = copy.deepcopy(base if base is not None else model.generation_config)
     if not overrides.get("do_sample", config.do_sample):
         # Under greedy decoding the source configs' sampling settings only trigger warnings. They are set

@@ -109,7 +109,7 @@ def is_disk_full(error: BaseException) -> bool:
 
 
 def read_safetensors_header(path: Path) -> dict:
-    """Read a safetensors header and check that the file is as long as the header says."""
+    """Read a safetensors header and check that the file is as long as the header requires."""
     size = path.stat().st_size
     with open(path, "rb") as handle:
         prefix = handle.read(8)
@@ -186,7 +186,7 @@ def list_files(folder: Path) -> list[str]:
 def write_manifest(folder: Path, sources: dict, hashes: dict[str, str] | None = None, extra: dict | None = None) -> dict:
     """Write manifest.json: the sources and the size and SHA-256 of every file in `folder`.
 
-    `hashes` holds digests already computed while the files were written; others are computed here.
+    `hashes` contains digests already computed while the files were written; others are computed here.
     """
     hashes = hashes or {}
     files = {}

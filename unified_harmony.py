@@ -76,8 +76,11 @@ class HarmonyMessage:
 
 @dataclass
 class HarmonyParse:
-    """A parsed reply. `final_ids` and `reasoning_ids` are the content ids of its final-channel and
-    analysis-channel messages; `stop` is the kind of token that ended the turn, None when it was cut."""
+    """A parsed reply.
+
+    `final_ids` and `reasoning_ids` are the content ids of its final-channel and analysis-channel
+    messages. `stop` is the kind of token that ended the turn, or None when the reply was cut off.
+    """
 
     messages: list[HarmonyMessage]
     final_ids: list[int]

@@ -21,8 +21,8 @@ except ImportError:  # imported as a top-level module, with the model folder on 
 logger = logging.get_logger(__name__)
 
 # MXFP4 kernels need a CUDA GPU of compute capability 7.5 or newer and Triton 3.4 or newer
-# (transformers' Mxfp4HfQuantizer, 5.x); the `kernels` package must lie in the version window
-# that the installed transformers accepts.
+# (transformers' Mxfp4HfQuantizer, 5.x). The `kernels` package must also lie in the version
+# window that the installed transformers accepts.
 MIN_CUDA_CAPABILITY = (7, 5)
 MIN_TRITON_VERSION = "3.4.0"
 MXFP4_KERNEL_REPO = "kernels-community/gpt-oss-triton-kernels"
@@ -33,7 +33,7 @@ GPU_WEIGHT_SHARE = 0.9
 
 @dataclass(frozen=True)
 class Mxfp4Plan:
-    """How the LLM's MXFP4 experts are loaded: `path` is "native" or "dequantized", `reason` says why."""
+    """Plan for the LLM's MXFP4 experts: `path` is "native" or "dequantized", and `reason` explains the choice."""
 
     path: str
     reason: str
@@ -307,8 +307,8 @@ def _numbers_equal(left, right) -> bool:
 
 
 def resolve_folder(location: str | os.PathLike, hub_kwargs: dict) -> Path:
-    """A local folder as it is, or a Hub repo id downloaded (or found in the cache) as one snapshot,
-    so that all parts come from the same commit."""
+    """Return a local folder as it is, or download a Hub repo (or find it in the cache) as one
+    snapshot, so that all parts come from the same commit."""
     path = Path(location).expanduser()
     if path.is_dir():
         return path

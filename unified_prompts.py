@@ -60,7 +60,7 @@ def vision_prompt_text(template: str, question: str | None, visual: str = "image
 
 
 def build_vision_messages(prompt_text: str, images: int = 0, videos: int = 0) -> list[dict]:
-    """One user turn with `images` image parts or `videos` video parts, then the prompt."""
+    """Build one user turn with `images` image parts or `videos` video parts, then the prompt."""
     parts = [{"type": "image"} for _ in range(images)] + [{"type": "video"} for _ in range(videos)]
     return [{"role": "user", "content": parts + [{"type": "text", "text": prompt_text}]}]
 
@@ -72,7 +72,7 @@ def format_descriptions(descriptions: list[VisualDescription]) -> str:
 
 
 def build_user_message(question: str, descriptions: list[VisualDescription]) -> str:
-    """The stage-2 user turn: descriptions first, then the question."""
+    """Build the stage-2 user turn: descriptions first, then the question."""
     if not descriptions:
         return question
     return f"{format_descriptions(descriptions)}\n\nQuestion: {question}"
