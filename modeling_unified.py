@@ -276,6 +276,7 @@ class UnifiedMultimodalModel(PreTrainedModel):
         expert_dtype = load_dtype or torch.bfloat16
 
         # With "auto" on GPUs, both models are checked against one budget before any weight loads.
+        # NOTE: this branch has not run on a GPU machine yet; plan_placement is tested on its own.
         vlm_memory = llm_memory = max_memory
         if vlm_map in ("auto", "balanced", "sequential") and torch.cuda.is_available():
             budgets = gpu_budgets(max_memory)

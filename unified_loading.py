@@ -347,6 +347,7 @@ def load_submodel(auto_class, folder: Path, **kwargs) -> PreTrainedModel:
 def load_llm(folder: Path, plan, *, dtype, expert_dtype, **kwargs) -> PreTrainedModel:
     from transformers import Mxfp4Config
 
+    # NOTE: the native branch has not run yet (no GPU was available); bench/gpu_check.py exercises it.
     if plan.path == NATIVE:
         try:
             return load_submodel(AutoModelForCausalLM, folder, dtype=dtype, **kwargs)
