@@ -43,8 +43,12 @@ class HarmonyTokenIds:
     @classmethod
     def from_tokenizer(cls, tokenizer) -> HarmonyTokenIds:
         """Look the tokens up in `tokenizer`; raise ValueError when it is not a harmony tokenizer."""
-        vocab = tokenizer.get_vocab()
-        missing = [text for text in _TOKEN_STRINGS.values() if text not in vocab]
+        # Token by token, because get_vocab() builds a dict of all 200k entries on every call.
+        texts = list(_TOKEN_STRINGS.values())
+        found = tokenizer.convert_tokens_to_ids(texts)
+        vocab = {text: token_id for text, token_id in zip(texts, found)
+                 if token_id is not None and tokenizer.convert_ids_to_tokens(token_id) == text}  # fmt: skip
+        missing = [text for text in texts if text not in vocab]
         if missing:
             name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
             raise ValueError(
