@@ -105,8 +105,8 @@ def model_configs(size: str, fixtures: Path | None) -> tuple[dict, dict]:
     if size == "tiny":
         return testbed.qwen3_vl_config(fixtures, "tiny"), testbed.gpt_oss_config(fixtures, "tiny")
     # testbed's reader returns the real config.json, or its built-in copy when the fixtures are absent.
-    qwen = copy.deepcopy(testbed._fixture_json(fixtures, testbed.QWEN_FIXTURE, "config.json"))
-    gpt_oss = copy.deepcopy(testbed._fixture_json(fixtures, testbed.GPT_OSS_FIXTURE, "config.json"))
+    qwen = copy.deepcopy(testbed.real_json(fixtures, testbed.QWEN_FIXTURE, "config.json"))
+    gpt_oss = copy.deepcopy(testbed.real_json(fixtures, testbed.GPT_OSS_FIXTURE, "config.json"))
     return qwen, gpt_oss
 
 
@@ -127,7 +127,7 @@ def write_sources(workdir: Path, size: str, device: torch.device, seed: int = 0)
     qwen_bytes = random_checkpoints.write_checkpoint(
         qwen, qwen_specs, random_checkpoints.split_in_two(qwen_specs), seed, device
     )
-    real_index = testbed._fixture_json(fixtures, testbed.GPT_OSS_FIXTURE, "model.safetensors.index.json")
+    real_index = testbed.real_json(fixtures, testbed.GPT_OSS_FIXTURE, "model.safetensors.index.json")
     gpt_oss_specs = random_checkpoints.gpt_oss_specs(gpt_oss_config)
     gpt_oss_bytes = random_checkpoints.write_checkpoint(
         gpt_oss, gpt_oss_specs, random_checkpoints.gpt_oss_shards(gpt_oss_specs, real_index["weight_map"]),

@@ -25,7 +25,7 @@ REAL_SHARDS = {f"model-0000{index}-of-00002.safetensors" for index in range(3)}
 @pytest.fixture(scope="module")
 def full_gpt_oss_specs():
     # The built-in copy of the real config, so that this runs without ../shared/fixtures too.
-    config = testbed._fixture_json(None, testbed.GPT_OSS_FIXTURE, "config.json")
+    config = testbed.real_json(None, testbed.GPT_OSS_FIXTURE, "config.json")
     return random_checkpoints.gpt_oss_specs(config)
 
 
@@ -41,7 +41,7 @@ def test_full_gpt_oss_matches_real_index(full_gpt_oss_specs, fixtures_dir):
 
 
 def test_full_qwen_size():
-    config = testbed._fixture_json(None, testbed.QWEN_FIXTURE, "config.json")
+    config = testbed.real_json(None, testbed.QWEN_FIXTURE, "config.json")
     specs = random_checkpoints.qwen3_vl_specs(config)
     names = {spec.name for spec in specs}
     assert "lm_head.weight" not in names
@@ -62,7 +62,7 @@ def test_fallback_shards_full_size(full_gpt_oss_specs):
 
 def test_fallback_shards_when_index_lacks_layers(full_gpt_oss_specs):
     # testbed's built-in index names layers 0-5 only, fewer than the 24 of the full model.
-    partial = testbed._fixture_json(None, testbed.GPT_OSS_FIXTURE, "model.safetensors.index.json")["weight_map"]
+    partial = testbed.real_json(None, testbed.GPT_OSS_FIXTURE, "model.safetensors.index.json")["weight_map"]
     shard_of = random_checkpoints.gpt_oss_shards(full_gpt_oss_specs, partial)
     assert shard_of == random_checkpoints.gpt_oss_shards(full_gpt_oss_specs, None)
 

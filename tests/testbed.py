@@ -215,7 +215,7 @@ QWEN_COPIED_FILES = (
 
 def qwen3_vl_config(fixtures: Path | None, size: str = "tiny") -> dict:
     """The real Qwen3-VL-4B-Instruct config with only its sizes replaced."""
-    config = copy.deepcopy(_fixture_json(fixtures, QWEN_FIXTURE, "config.json"))
+    config = copy.deepcopy(real_json(fixtures, QWEN_FIXTURE, "config.json"))
     config["text_config"].update(SIZES[size]["qwen_text"])
     config["vision_config"].update(SIZES[size]["qwen_vision"])
     return config
@@ -267,7 +267,7 @@ EXPERT_PROJECTIONS = ("gate_up_proj", "down_proj")
 
 def gpt_oss_config(fixtures: Path | None, size: str = "tiny") -> dict:
     """The real gpt-oss-20b config with only its sizes replaced; quantization_config is kept."""
-    config = copy.deepcopy(_fixture_json(fixtures, GPT_OSS_FIXTURE, "config.json"))
+    config = copy.deepcopy(real_json(fixtures, GPT_OSS_FIXTURE, "config.json"))
     config.update(SIZES[size]["gpt_oss"])
     config["layer_types"] = config["layer_types"][: config["num_hidden_layers"]]
     return config
@@ -275,7 +275,7 @@ def gpt_oss_config(fixtures: Path | None, size: str = "tiny") -> dict:
 
 def gpt_oss_shard_map(fixtures: Path | None, names: list[str]) -> dict[str, str]:
     """Map each tensor name to the shard the real index puts it in."""
-    real_map = _fixture_json(fixtures, GPT_OSS_FIXTURE, "model.safetensors.index.json")["weight_map"]
+    real_map = real_json(fixtures, GPT_OSS_FIXTURE, "model.safetensors.index.json")["weight_map"]
     missing = [name for name in names if name not in real_map]
     if missing:
         raise ValueError(f"tensor names absent from the real gpt-oss index: {missing[:5]}")
@@ -498,7 +498,9 @@ def _write_fallback_gpt_oss_files(folder: Path) -> None:
     )
 
 
-def _fixture_json(fixtures: Path | None, model: str, name: str) -> dict:
+def real_json(fixtures: Path | None, model: str, name: str) -> dict:
+    """Read a real JSON file of `model` (QWEN_FIXTURE or GPT_OSS_FIXTURE) from the data folder, or
+    return the built-in copy of its fields when there is no data folder."""
     if fixtures is not None:
         return json.loads((fixtures / model / name).read_text())
     return _BUILTIN_FIXTURES[model][name]()
