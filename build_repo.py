@@ -122,19 +122,22 @@ def _local_commit(folder: Path) -> str | None:
 def validate_source(source: Source) -> dict:
     """Check a source before anything is copied; return its config."""
     folder = source.folder
-    for name in REQUIRED[source.role]:
-        if not (folder / name).is_file():
-            raise BuildError(f"--{source.role} {source.spec}: {folder / name} is missing.")
+    if not (folder / "config.json").is_file():
+        raise BuildError(f"--{source.role} {source.spec}: {folder / 'config.json'} is missing.")
     try:
         config = json.loads((folder / "config.json").read_text())
     except json.JSONDecodeError as error:
         raise BuildError(f"{folder / 'config.json'} is not valid JSON: {error}.") from error
+    # The model type is checked first, so that swapped --vlm and --llm folders are named as such.
     expected = {"vlm": "qwen3_vl", "llm": "gpt_oss"}[source.role]
     if config.get("model_type") != expected:
         raise BuildError(
             f"--{source.role} {source.spec}: {folder / 'config.json'} has model_type {config.get('model_type')!r}, "
-            f"expected {expected!r}."
+            f"expected {expected!r}. Check that --vlm and --llm are not swapped."
         )
+    for name in REQUIRED[source.role]:
+        if not (folder / name).is_file():
+            raise BuildError(f"--{source.role} {source.spec}: {folder / name} is missing.")
     if source.role == "llm":
         quantization = config.get("quantization_config") or {}
         if quantization.get("quant_method") != "mxfp4":
@@ -224,7 +227,8 @@ def _place_files(plan: list[tuple[Path, str]], staging: Path, link: str) -> dict
         if "/" in leftover and leftover not in wanted:
             (staging / leftover).unlink()
     hashes = {}
-    with tqdm(total=total * 2, unit="B", unit_scale=True, desc="Copying and hashing") as bar:
+    description = "Copying and hashing" if link == "copy" else "Linking (or copying) and hashing"
+    with tqdm(total=total * 2, unit="B", unit_scale=True, desc=description) as bar:
         for source, relative in plan:
             target = staging / relative
             expected = layout.sha256_file(source, bar.update)

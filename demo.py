@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(REPO_ROOT))
+
+import build_repo  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,9 +40,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def build_folder(args: argparse.Namespace, workspace: Path) -> tuple[Path, bool]:
     """Return the model folder to load and whether it contains the random test-bed weights."""
-    sys.path.insert(0, str(REPO_ROOT))
-    import build_repo
-
     if args.model is not None:
         return args.model, False
     output = args.output or workspace / "unified-model"
@@ -69,6 +69,19 @@ def default_image(workspace: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.model is not None and not (args.model / "config.json").is_file():
+        print(f"error: --model {args.model} is not a model folder (no config.json); build one with build_repo.py.",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        return run(args)
+    except (build_repo.BuildError, ValueError, TypeError, OSError) as error:
+        # Bad input (a missing image, an invalid folder) ends with its message instead of a traceback.
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="unified-demo-") as temporary:
         workspace = Path(temporary)
         started = time.perf_counter()

@@ -13,6 +13,7 @@ transformers.
 from __future__ import annotations
 
 import copy
+import difflib
 import inspect
 import shutil
 import threading
@@ -20,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import transformers
 from packaging import version
@@ -122,7 +124,7 @@ class UnifiedGenerationOutput:
     generated_tokens: int = 0
     stage1_seconds: float = 0.0
     stage2_seconds: float = 0.0
-    llm_output_ids: list[int] = field(default_factory=list)
+    llm_output_ids: list[int] = field(default_factory=list, repr=False)
 
 
 @dataclass
@@ -590,9 +592,12 @@ class UnifiedMultimodalModel(PreTrainedModel):
         accepted = set(inspect.signature(GenerationMixin.generate).parameters) - {"self", "kwargs", "inputs"}
         unknown = sorted(set(generation_kwargs) - accepted)
         if unknown:
+            names = set(inspect.signature(UnifiedMultimodalModel.generate).parameters) | accepted | set(vars(known))
+            hints = {name: difflib.get_close_matches(name, names, n=1) for name in unknown}
+            hint_text = "; ".join(f"did you mean {match[0]!r} for {name!r}?" for name, match in hints.items() if match)
             raise TypeError(
                 f"generate() got unknown stage-2 arguments {unknown}: they are neither GenerationConfig settings nor "
-                f"arguments of transformers' generate. Check their spelling."
+                f"arguments of transformers' generate. Check their spelling{'; ' + hint_text if hint_text else '.'}"
             )
         return _Options(
             max_new_tokens=max_new_tokens, reasoning_effort=effort, description_mode=mode,
@@ -678,7 +683,7 @@ class UnifiedMultimodalModel(PreTrainedModel):
             if options.max_image_pixels is not None:
                 call["size"] = _processor_size(processor, options.max_image_pixels)
         if jobs[0].video is not None:
-            call.update(_video_call(jobs[0].video))
+            call.update(_video_call(jobs[0].video, processor))
         inputs = processor(**call).to(_input_device(self.vlm))
 
         generation_config = _generation_config(self.vlm, options.vision_generation, options.description_max_new_tokens)
@@ -884,11 +889,23 @@ def _processor_size(processor, max_pixels: int) -> dict:
     return {"longest_edge": max_pixels, "shortest_edge": shortest}
 
 
-def _video_call(clip) -> dict:
+def _video_call(clip, processor) -> dict:
     from transformers.video_utils import VideoMetadata
 
-    metadata = VideoMetadata(total_num_frames=clip.total_frames, fps=clip.fps, frames_indices=clip.frame_indices)
-    return {"videos": [clip.frames], "video_metadata": [metadata], "do_sample_frames": False}
+    # Qwen3-VL merges frames in groups of temporal_patch_size and rejects shorter clips, so a clip
+    # whose length is not a multiple of it repeats its last frame, as a still image does.
+    group = getattr(processor.video_processor, "temporal_patch_size", 1) or 1
+    frames, indices = clip.frames, list(clip.frame_indices)
+    missing = -len(frames) % group
+    if missing:
+        frames = np.concatenate([frames, np.repeat(frames[-1:], missing, axis=0)])
+        indices += [indices[-1]] * missing
+    metadata = VideoMetadata(total_num_frames=clip.total_frames, fps=clip.fps, frames_indices=indices)
+    call = {"videos": [frames], "video_metadata": [metadata], "do_sample_frames": False}
+    if hasattr(processor.video_processor, "cap_pixels_per_frame"):
+        # Cap each frame's pixels as Qwen's reference preprocessing does (transformers 5.2x asks callers to choose).
+        call["cap_pixels_per_frame"] = True
+    return call
 
 
 def _check_generation_settings(stage2: dict, stage1: dict, known: GenerationConfig) -> None:

@@ -86,13 +86,6 @@ def load_image(
     """
     image = _open_image(value, timeout=timeout, max_bytes=max_bytes)
     label = describe_input(value)
-
-    if getattr(image, "n_frames", 1) > 1:
-        logger.warning_once(
-            f"Image {label} has {image.n_frames} frames; only the first is described. "
-            "Pass the frames as `videos=[frames]` to describe all of them."
-        )
-        image.seek(0)
     try:
         image = ImageOps.exif_transpose(image)
         image = to_rgb(image)
@@ -139,7 +132,7 @@ def image_fingerprint(image: Image.Image) -> str:
 def _open_image(value, *, timeout: float, max_bytes: int) -> Image.Image:
     if isinstance(value, Image.Image):
         _check_pixel_limit(value.width, value.height, describe_input(value))
-        return value
+        return _first_frame(value, describe_input(value), close=False)
     if isinstance(value, (bytes, bytearray, memoryview)):
         if isinstance(value, memoryview):
             value = value.tobytes()
@@ -178,7 +171,7 @@ def _open_location(location: str, *, timeout: float, max_bytes: int) -> Image.Im
         if isinstance(error, ImageLoadError):
             raise
         raise ImageLoadError(f"Could not read image file {label}: {error}. Is it a complete image file?") from error
-    return image
+    return _first_frame(image, label, close=True)
 
 
 def download(url: str, *, timeout: float = URL_TIMEOUT_SECONDS, max_bytes: int = MAX_DOWNLOAD_BYTES) -> bytes:
@@ -228,7 +221,30 @@ def _decode(data: bytes, label: str) -> Image.Image:
         if isinstance(error, ImageLoadError):
             raise
         raise ImageLoadError(f"Could not decode image {label}: {error}.") from error
-    return image
+    return _first_frame(image, label, close=True)
+
+
+def _first_frame(image: Image.Image, label: str, close: bool) -> Image.Image:
+    """Return an animated image's first frame as a standalone copy and log that the rest is ignored.
+
+    Single-frame images come back unchanged. The caller's own image keeps its current frame; an
+    image this module opened (`close=True`) is closed, because Pillow keeps animated files open.
+    """
+    frames = getattr(image, "n_frames", 1)
+    if frames <= 1:
+        return image
+    logger.warning_once(
+        f"Image {label} has {frames} frames; only the first is described. "
+        "Pass the frames as `videos=[frames]` to describe all of them."
+    )
+    current = image.tell()
+    image.seek(0)
+    first = image.copy()
+    if close:
+        image.close()
+    else:
+        image.seek(current)
+    return first
 
 
 class _bomb_guard:

@@ -335,6 +335,14 @@ def load_submodel(auto_class, folder: Path, **kwargs) -> PreTrainedModel:
                 "build_repo.py."
             ) from error
         raise
+    except Exception as error:
+        # safetensors reports damaged files with its own exception class, which has no stable import path.
+        if type(error).__name__ != "SafetensorError":
+            raise
+        raise FolderError(
+            f"A weight file in {folder} is damaged ({error}). Find it with `python build_repo.py --verify "
+            f"{folder.parent}` or load with verify=True, then rebuild the folder."
+        ) from error
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         raise FolderError(

@@ -377,6 +377,13 @@ def test_invalid_source_named(sources, tmp_path, role, damage, message):
     assert not (tmp_path / ".out.partial").exists()
 
 
+def test_swapped_sources_named(sources, tmp_path):
+    result = run_build("--vlm", str(sources.gpt_oss), "--llm", str(sources.qwen3_vl), "--output", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "model_type 'gpt_oss', expected 'qwen3_vl'" in result.stderr
+    assert "swapped" in result.stderr
+
+
 def test_free_space_checked_before_copying(sources, tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     vlm = build_repo.resolve_source("vlm", str(sources.qwen3_vl), None, None)

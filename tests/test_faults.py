@@ -103,7 +103,8 @@ GENERATE_CASES = [
     pytest.param({"vision_generation_kwargs": "greedy"}, TypeError, ["vision_generation_kwargs", "str"],
                  id="vision-kwargs-str"),
     pytest.param({"max_length": 10}, ValueError, ["max_length", "max_new_tokens argument"], id="stage2-max-length"),
-    pytest.param({"temprature": 0.5}, TypeError, ["temprature", "spelling"], id="stage2-unknown"),
+    pytest.param({"temprature": 0.5}, TypeError, ["temprature", "did you mean 'temperature'"], id="stage2-unknown"),
+    pytest.param({"image": "photo.png"}, TypeError, ["'image'", "did you mean 'images'"], id="singular-image"),
     pytest.param({"text_prompt": ["a", "b"], "streamer": BaseStreamer()}, ValueError, ["streamer", "batch of 2"],
                  id="streamer-batch"),
     pytest.param({"generation_config": {"do_sample": False}}, TypeError,
@@ -465,6 +466,23 @@ def test_verify_catches_flipped_byte(built_folder, tmp_path):
     # The manifest check is opt-in: the same folder loads without it.
     loaded = UnifiedMultimodalModel.from_pretrained(folder)
     assert loaded.source_folder == folder
+
+
+def test_damaged_header_named_without_verify(built_folder, tmp_path):
+    from modeling_unified import UnifiedMultimodalModel
+
+    folder = tmp_path / "unified"
+    shutil.copytree(built_folder, folder)
+    shard = shard_paths(folder / "vlm")[-1]
+    data = shard.read_bytes()
+    # Same length, valid JSON, but a dtype safetensors does not know.
+    shard.write_bytes(data.replace(b'"BF16"', b'"XX16"', 1))
+
+    with pytest.raises(FolderError) as raised:
+        UnifiedMultimodalModel.from_pretrained(folder)
+    message = str(raised.value)
+    assert str(folder / "vlm") in message
+    assert "--verify" in message
 
 
 class _CreateFileWhenUnpickled:

@@ -433,3 +433,10 @@ def test_video_file(model, photos, tmp_path):
     assert len(calls) == 1
     # 12 frames at 6 fps sampled at 2 fps give 4 frames, merged in pairs along time.
     assert int(calls[0]["grid"][0, 0]) == 2
+
+
+def test_video_single_frame(model, photos):
+    output = model.generate(videos=[Image.open(photos["chelsea"])], text_prompt="What happens?", return_dict=True,
+                            use_description_cache=False, **SHORT)  # fmt: skip
+    assert [d.label for d in output.descriptions] == ["Video"]
+    assert output.description_tokens > 0
