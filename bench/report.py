@@ -111,7 +111,19 @@ def render_page(results: dict) -> str:
         parts.append(_build_section(measured["build"]))
         if "stages" in measured:
             parts.append(_stages_section(measured["stages"]))
+    parts.append(GPU_SECTION)
     return "\n".join(parts).rstrip() + "\n"
+
+
+GPU_SECTION = """## GPU check with full-size weights
+
+`python bench/gpu_check.py` writes random weights at the full sizes of Qwen3-VL-4B (BF16) and
+gpt-oss-20b (MXFP4 experts), builds a folder with `build_repo.py`, loads it with
+`device_map="auto"`, and reports the MXFP4 path, GPU memory, tokens per second at batch 1 and 8,
+time to the first answer token, and stage-2 decode speed against the memory-bandwidth limit. No GPU
+has been available to this project yet, so it has no GPU figures here. Its code path runs on the
+CPU at test-bed size in `tests/test_gpu_check.py` (`python -m pytest -m slow`).
+"""
 
 
 def _header(results: dict) -> str:
