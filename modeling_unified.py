@@ -551,39 +551,48 @@ class UnifiedMultimodalModel(PreTrainedModel):
     ) -> _Options:
         config = self.config
         check_positive_int("max_new_tokens", max_new_tokens)
+
         effort = config.reasoning_effort if reasoning_effort is None else reasoning_effort
         if effort not in REASONING_EFFORTS:
             raise ValueError(f"reasoning_effort must be one of {REASONING_EFFORTS}, got {effort!r}.")
+
         mode = config.description_mode if description_mode is None else description_mode
         if mode not in DESCRIPTION_MODES:
             raise ValueError(f"description_mode must be one of {DESCRIPTION_MODES}, got {mode!r}.")
         if multi_image_mode not in ("each", "together"):
             raise ValueError(f"multi_image_mode must be 'each' or 'together', got {multi_image_mode!r}.")
+
         template = vision_prompt if vision_prompt is not None else (
             config.vision_prompt if mode == "question" else config.generic_vision_prompt
         )
         if not isinstance(template, str) or not template.strip():
             raise ValueError(f"vision_prompt must be a non-empty string, got {template!r}.")
+
         budget = config.description_max_new_tokens if description_max_new_tokens is None else description_max_new_tokens
         check_positive_int("description_max_new_tokens", budget)
         pixels = config.max_image_pixels if max_image_pixels is None else max_image_pixels
         if pixels is not None:
             check_positive_int("max_image_pixels", pixels)
         check_positive_int("max_image_bytes", max_image_bytes)
+
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise TypeError(f"seed must be an int, got {type(seed).__name__} ({seed!r:.80}).")
+
         vision_generation = dict(config.description_generation or {})
         if vision_generation_kwargs is not None:
             if not isinstance(vision_generation_kwargs, dict):
                 raise TypeError(f"vision_generation_kwargs must be a dict, got {type(vision_generation_kwargs).__name__}.")
             vision_generation.update(vision_generation_kwargs)
+
         generation_kwargs = dict(generation_kwargs or {})
         reserved = sorted(_RESERVED_KWARGS & set(generation_kwargs))
         if reserved:
             raise TypeError(f"generate() got arguments it builds itself: {reserved}. Pass images and text_prompt instead.")
+
         base = generation_kwargs.pop("generation_config", None)
         if base is not None and not isinstance(base, GenerationConfig):
             raise TypeError(f"generation_config must be a GenerationConfig, got {type(base).__name__}.")
+
         # Settings that GenerationConfig defines go into the stage-2 config. The rest (logits_processor,
         # stopping_criteria, ...) must be named arguments of `generate` and are passed to it as they are.
         known = GenerationConfig()
@@ -599,6 +608,7 @@ class UnifiedMultimodalModel(PreTrainedModel):
                 f"generate() got unknown stage-2 arguments {unknown}: they are neither GenerationConfig settings nor "
                 f"arguments of transformers' generate. Check their spelling{'; ' + hint_text if hint_text else '.'}"
             )
+
         return _Options(
             max_new_tokens=max_new_tokens, reasoning_effort=effort, description_mode=mode,
             multi_image_mode=multi_image_mode, vision_prompt=template, description_max_new_tokens=budget,
@@ -903,7 +913,7 @@ def _video_call(clip, processor) -> dict:
     metadata = VideoMetadata(total_num_frames=clip.total_frames, fps=clip.fps, frames_indices=indices)
     call = {"videos": [frames], "video_metadata": [metadata], "do_sample_frames": False}
     if hasattr(processor.video_processor, "cap_pixels_per_frame"):
-        # Cap each frame's pixels as Qwen's reference preprocessing does (transformers 5.2x asks callers to choose).
+        # Cap each frame's pixels as Qwen's reference preprocessing does; transformers 5.23 warns until callers choose.
         call["cap_pixels_per_frame"] = True
     return call
 
