@@ -66,29 +66,31 @@ def image_list(value) -> list:
 
 
 def normalize_requests(images, text_prompt, videos) -> tuple[list[Request], bool]:
+    """Turn generate's arguments into one Request per question; the flag tells whether it was a batch."""
     if text_prompt is None:
         raise TypeError("generate() needs text_prompt: the question to answer.")
     if isinstance(text_prompt, (list, tuple)):
         if not text_prompt:
             raise ValueError("text_prompt is an empty list; pass at least one question.")
         questions = [check_question(q, f"text_prompt[{i}]") for i, q in enumerate(text_prompt)]
-        per_prompt_images = [None] * len(questions) if images is None else images
-        if not isinstance(per_prompt_images, (list, tuple)) or len(per_prompt_images) != len(questions):
-            found = len(per_prompt_images) if isinstance(per_prompt_images, (list, tuple)) else type(images).__name__
-            raise ValueError(
-                f"For a batch of {len(questions)} prompts, images must be a list of {len(questions)} entries "
-                f"(None, an image, or a list of images per prompt); got {found}."
-            )
-        per_prompt_videos = [None] * len(questions) if videos is None else videos
-        if not isinstance(per_prompt_videos, (list, tuple)) or len(per_prompt_videos) != len(questions):
-            found = len(per_prompt_videos) if isinstance(per_prompt_videos, (list, tuple)) else type(videos).__name__
-            raise ValueError(
-                f"For a batch of {len(questions)} prompts, videos must be a list of {len(questions)} entries "
-                f"(None or a video per prompt); got {found}."
-            )
+        per_prompt_images = _per_prompt(images, len(questions), "images", "None, an image, or a list of images")
+        per_prompt_videos = _per_prompt(videos, len(questions), "videos", "None or a video")
         requests = [Request(q, image_list(i), v) for q, i, v in zip(questions, per_prompt_images, per_prompt_videos)]
         return requests, True
     return [Request(check_question(text_prompt, "text_prompt"), image_list(images), videos)], False
+
+
+def _per_prompt(value, count: int, name: str, entry: str) -> list:
+    """Check that a batch argument has one entry per prompt; None means none for every prompt."""
+    if value is None:
+        return [None] * count
+    if not isinstance(value, (list, tuple)) or len(value) != count:
+        found = len(value) if isinstance(value, (list, tuple)) else type(value).__name__
+        raise ValueError(
+            f"For a batch of {count} prompts, {name} must be a list of {count} entries ({entry} per prompt); "
+            f"got {found}."
+        )
+    return list(value)
 
 
 def chat_option_kwargs(kwargs: dict) -> dict:

@@ -10,30 +10,28 @@ from dataclasses import dataclass
 
 # Question-aware by default: Prism (arXiv 2406.14544) measured 4 to 6 more MMStar points for
 # descriptions written with the question in view than for generic ones.
-DEFAULT_VISION_PROMPT = """\
-Describe this {visual} for a language model that cannot see it and must answer a user's question from \
-your text alone. The user's question is:
-"{question}"
-
+_DESCRIPTION_SECTIONS = """\
 Write these sections:
 1. Overview: the scene and its main subject, in one or two sentences.
 2. Objects: every distinct object, person or animal, with counts, colours, sizes, materials and \
 position in the frame.
 3. Text: all visible text, copied verbatim in quotes; write "none" if there is none.
-4. Layout: spatial relations between the objects and the overall composition.
+4. Layout: spatial relations between the objects and the overall composition."""
+
+DEFAULT_VISION_PROMPT = f"""\
+Describe this {{visual}} for a language model that cannot see it and must answer a user's question from \
+your text alone. The user's question is:
+"{{question}}"
+
+{_DESCRIPTION_SECTIONS}
 5. For the question: every visible detail that bears on the question, and what is unclear or hidden.
 
 Report only what is visible. Do not answer the question yourself."""
 
-GENERIC_VISION_PROMPT = """\
-Describe this {visual} for a language model that cannot see it.
+GENERIC_VISION_PROMPT = f"""\
+Describe this {{visual}} for a language model that cannot see it.
 
-Write these sections:
-1. Overview: the scene and its main subject, in one or two sentences.
-2. Objects: every distinct object, person or animal, with counts, colours, sizes, materials and \
-position in the frame.
-3. Text: all visible text, copied verbatim in quotes; write "none" if there is none.
-4. Layout: spatial relations between the objects and the overall composition.
+{_DESCRIPTION_SECTIONS}
 
 Report only what is visible."""
 

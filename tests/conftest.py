@@ -85,3 +85,11 @@ def llm_tokenizer(built_folder):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(built_folder / "llm_tokenizer")
+
+
+@pytest.fixture()
+def fresh_cache(model):
+    """The shared model's description cache, empty at the start and at the end of the test."""
+    model.description_cache.clear()
+    yield model.description_cache
+    model.description_cache.clear()

@@ -47,13 +47,6 @@ def forward_calls(model):
         handle.remove()
 
 
-@pytest.fixture()
-def fresh_cache(model):
-    model.description_cache.clear()
-    yield model.description_cache
-    model.description_cache.clear()
-
-
 def assert_mentions(message: str, fragments: list[str]) -> None:
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} not in {message!r}"

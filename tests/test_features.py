@@ -50,13 +50,6 @@ def llm_prompts(model, tokenizer):
         handle.remove()
 
 
-@pytest.fixture()
-def fresh_cache(model):
-    model.description_cache.clear()
-    yield model.description_cache
-    model.description_cache.clear()
-
-
 def describe(model, image, question="What is shown?", **kwargs):
     output = model.generate(images=image, text_prompt=question, return_dict=True, use_description_cache=False,
                             **{**SHORT, **kwargs})  # fmt: skip
