@@ -57,11 +57,6 @@ class HarmonyTokenIds:
             )
         return cls(**{key: vocab[text] for key, text in _TOKEN_STRINGS.items()})
 
-    @property
-    def structural(self) -> frozenset[int]:
-        return frozenset((self.start, self.end, self.message, self.channel, self.constrain, self.return_, self.call,
-                          self.end_of_text))  # fmt: skip
-
 
 @dataclass
 class HarmonyMessage:
@@ -126,10 +121,6 @@ class HarmonyStreamParser:
     @property
     def done(self) -> bool:
         return self._state == _DONE
-
-    @property
-    def in_final(self) -> bool:
-        return self._state == _CONTENT and self._current is not None and self._current.channel == "final"
 
     def start_final(self) -> None:
         """Continue as if `FINAL_CHANNEL_PREFIX` had just been read: the next tokens are the answer."""

@@ -25,7 +25,6 @@ logger = logging.get_logger(__name__)
 # window that the installed transformers accepts.
 MIN_CUDA_CAPABILITY = (7, 5)
 MIN_TRITON_VERSION = "3.4.0"
-MXFP4_KERNEL_REPO = "kernels-community/gpt-oss-triton-kernels"
 NATIVE, DEQUANTIZED = "native", "dequantized"
 # Weights get this share of each GPU's free memory; the rest is left for activations and KV cache.
 GPU_WEIGHT_SHARE = 0.9
