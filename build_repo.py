@@ -217,7 +217,11 @@ def build(
 
 
 def _place_files(plan: list[tuple[Path, str]], staging: Path, link: str) -> dict[str, str]:
-    """Link or copy each file, then hash the placed file and compare it with the source's hash."""
+    """Link or copy each file, then hash the placed file and compare it with the source's hash.
+
+    A copy hashes the source while reading it, so each copied byte is read twice in all (copy, then
+    check); a hard link shares the source's bytes and is hashed once.
+    """
     from huggingface_hub.utils import tqdm
 
     total = sum(source.stat().st_size for source, _ in plan)
@@ -231,24 +235,20 @@ def _place_files(plan: list[tuple[Path, str]], staging: Path, link: str) -> dict
     with tqdm(total=total * 2, unit="B", unit_scale=True, desc=description) as bar:
         for source, relative in plan:
             target = staging / relative
-            expected = layout.sha256_file(source, bar.update)
-            if target.is_file() and target.stat().st_size == source.stat().st_size:
-                reused = layout.sha256_file(target)
-                if reused == expected:  # left by an interrupted build
-                    hashes[relative] = reused
-                    bar.update(source.stat().st_size)
+            size = source.stat().st_size
+            if target.is_file() and target.stat().st_size == size:
+                # Left by an interrupted build: kept when its bytes equal the source's.
+                expected = layout.sha256_file(source)
+                if layout.sha256_file(target) == expected:
+                    hashes[relative] = expected
+                    bar.update(2 * size)
                     continue
-            layout.place_file(source, target, link, bar.update)
-            placed = expected if _same_inode(source, target) else layout.sha256_file(target)
-            if placed != expected:
-                raise BuildError(f"{target} differs from {source} after copying (sha256 {placed} != {expected}).")
+            _, source_digest = layout.place_file(source, target, link, bar.update)
+            placed = layout.sha256_file(target, bar.update)
+            if source_digest is not None and placed != source_digest:
+                raise BuildError(f"{target} differs from {source} after copying (sha256 {placed} != {source_digest}).")
             hashes[relative] = placed
     return hashes
-
-
-def _same_inode(left: Path, right: Path) -> bool:
-    a, b = os.stat(os.path.realpath(left)), os.stat(right)
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _check_free_space(plan: list[tuple[Path, str]], parent: Path, link: str) -> None:

@@ -60,8 +60,9 @@ def sha256_file(path: Path, progress=None) -> str:
     return digest.hexdigest()
 
 
-def place_file(source: Path, target: Path, link: str, progress=None) -> str:
-    """Put `source` at `target` by hard link or copy, and return "hardlink" or "copy".
+def place_file(source: Path, target: Path, link: str, progress=None) -> tuple[str, str | None]:
+    """Put `source` at `target` by hard link or copy; return the method and, for a copy, the
+    SHA-256 of the bytes read from `source` while copying.
 
     `link` is "hardlink" (fail when impossible), "copy", or "auto" (hard link, else copy). Symbolic
     links, such as the Hugging Face cache's snapshot entries, are resolved first. A copy goes to a
@@ -76,7 +77,7 @@ def place_file(source: Path, target: Path, link: str, progress=None) -> str:
             os.link(source, target)
             if progress is not None:
                 progress(source.stat().st_size)
-            return "hardlink"
+            return "hardlink", None
         except OSError as error:
             if link == "hardlink":
                 raise FolderError(
@@ -84,10 +85,12 @@ def place_file(source: Path, target: Path, link: str, progress=None) -> str:
                     "use --link copy."
                 ) from error
     partial = target.with_name(target.name + ".partial")
+    digest = hashlib.sha256()
     try:
         with open(source, "rb") as reader, open(partial, "wb") as writer:
             while chunk := reader.read(_HASH_CHUNK):
                 writer.write(chunk)
+                digest.update(chunk)
                 if progress is not None:
                     progress(len(chunk))
         shutil.copystat(source, partial)
@@ -95,7 +98,7 @@ def place_file(source: Path, target: Path, link: str, progress=None) -> str:
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    return "copy"
+    return "copy", digest.hexdigest()
 
 
 def is_disk_full(error: BaseException) -> bool:
