@@ -263,7 +263,7 @@ class UnifiedMultimodalModel(PreTrainedModel):
         folder = resolve_folder(pretrained_model_name_or_path, hub_kwargs)
         if config is None:
             config = UnifiedConfig.from_pretrained(folder)
-        check_model_folder(folder, config)
+        sub_configs = check_model_folder(folder, config)
         if verify:
             problems = verify_folder(folder)
             if problems:
@@ -296,13 +296,15 @@ class UnifiedMultimodalModel(PreTrainedModel):
             llm_devices = devices_of(llm_map)
         plan = plan_mxfp4(llm_folder, llm_devices, expert_dtype)
 
+        # The sub-configs read by the folder check are passed on, so that each config.json is parsed once.
         vlm = load_submodel(
-            AutoModelForImageTextToText, vlm_folder, dtype=dtype, device_map=vlm_map, max_memory=vlm_memory, **common
-        )
+            AutoModelForImageTextToText, vlm_folder, config=sub_configs["vlm_config"], dtype=dtype,
+            device_map=vlm_map, max_memory=vlm_memory, **common,
+        )  # fmt: skip
         if vlm_map == "sequential":
             llm_memory = remaining_memory(vlm_memory, vlm)
-        llm = load_llm(llm_folder, plan, dtype=dtype, expert_dtype=expert_dtype, device_map=llm_map,
-                        max_memory=llm_memory, **common)  # fmt: skip
+        llm = load_llm(llm_folder, plan, config=sub_configs["llm_config"], dtype=dtype, expert_dtype=expert_dtype,
+                       device_map=llm_map, max_memory=llm_memory, **common)  # fmt: skip
 
         model = cls(config, vlm=vlm, llm=llm)
         model.source_folder = folder

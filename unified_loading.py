@@ -255,15 +255,20 @@ def check_subfolder(folder: Path, subfolder: str, required: tuple[str, ...]) -> 
     return path
 
 
-def check_model_folder(folder: Path, config) -> None:
-    """Check the sub-folders, their shards, and that each sub-config equals the top-level copy."""
+def check_model_folder(folder: Path, config) -> dict:
+    """Check the sub-folders, their shards, and that each sub-config equals the top-level copy.
+
+    Returns the sub-folders' configs by key ("vlm_config", "llm_config"), read once for the load.
+    """
+    loaded = {}
     for subfolder, key in ((config.vlm_subfolder, "vlm_config"), (config.llm_subfolder, "llm_config")):
         path = check_subfolder(folder, subfolder, ("config.json",))
         check_shards(path)
+        loaded[key] = AutoConfig.from_pretrained(path)
         expected = getattr(config, key)
         if expected is not None:
             # Both sides go through transformers' config class, so that defaults and renamed fields agree.
-            on_disk = AutoConfig.from_pretrained(path).to_dict()
+            on_disk = loaded[key].to_dict()
             differences = _config_differences(expected.to_dict(), on_disk)
             if differences:
                 raise FolderError(
@@ -279,6 +284,7 @@ def check_model_folder(folder: Path, config) -> None:
         )
     check_subfolder(folder, config.vlm_processor_subfolder, ())
     check_subfolder(folder, config.llm_tokenizer_subfolder, ())
+    return loaded
 
 
 _VOLATILE_KEYS = {"transformers_version", "_name_or_path", "dtype", "torch_dtype", "architectures", "use_cache"}
