@@ -50,7 +50,7 @@ class VideoClip:
 
 
 def describe_input(value) -> str:
-    """A short, safe rendering of a user's input for error messages."""
+    """Render a user's input briefly and safely for error messages."""
     if isinstance(value, (str, Path)):
         text = str(value)
         return repr(text if len(text) <= 120 else text[:100] + "...")
@@ -207,7 +207,7 @@ def _decode_data_url(url: str) -> bytes:
         # Line breaks inside the payload are allowed (MIME wraps base64 at 76 characters).
         return base64.b64decode("".join(payload.split()), validate=True)
     except ValueError as error:
-        raise ImageLoadError(f"Data URL {describe_input(url)} holds invalid base64: {error}.") from error
+        raise ImageLoadError(f"Data URL {describe_input(url)} contains invalid base64: {error}.") from error
 
 
 def _decode(data: bytes, label: str) -> Image.Image:
@@ -292,7 +292,7 @@ def _from_array(array: np.ndarray, label: str) -> Image.Image:
         array = array.astype(np.uint8) * 255
     elif np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
-            raise ImageLoadError(f"Image array {label} holds NaN or infinite values.")
+            raise ImageLoadError(f"Image array {label} contains NaN or infinite values.")
         scale = 255.0 if array.max(initial=0.0) <= 1.0 else 1.0
         array = np.clip(array * scale, 0, 255).round().astype(np.uint8)
     elif array.dtype.kind == "u" and array.dtype.itemsize == 2:  # uint16 in either byte order
@@ -407,7 +407,7 @@ def _decode_video_file(path: Path, sample_fps: float, max_frames: int, max_pixel
     except (av.error.FFmpegError, IndexError, OSError) as error:
         raise ImageLoadError(f"Could not decode video file {label}: {error}.") from error
     if not frames:
-        raise ImageLoadError(f"Video file {label} holds no frames.")
+        raise ImageLoadError(f"Video file {label} contains no frames.")
     indices = [index for index in indices if index in frames]
     frames = [frames[index] for index in indices]
     return VideoClip(np.stack([np.asarray(f) for f in frames]), fps, indices, total)

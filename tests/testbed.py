@@ -294,7 +294,7 @@ def gpt_oss_bf16_weights(config: dict, seed: int = 0) -> dict[str, torch.Tensor]
 def encode_gpt_oss_experts(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Replace each BF16 expert matrix with `_blocks` and `_scales` tensors as the Hub checkpoint stores them.
 
-    transformers holds gate_up_proj as [experts, hidden, 2 * intermediate] and down_proj as
+    transformers stores gate_up_proj as [experts, hidden, 2 * intermediate] and down_proj as
     [experts, intermediate, hidden]; the checkpoint stores [experts, out, in / 32, 16], so each
     matrix is transposed to [experts, out, in] before encoding along `in`.
     """
@@ -557,8 +557,8 @@ def _builtin_gpt_oss_config() -> dict:
 
 
 def _builtin_gpt_oss_index() -> dict:
-    # The real index places layers 0-1 in the first shard, 2-5 in the second, and the embeddings,
-    # final norm and output head in the third; the fallback keeps that placement.
+    # The real index places layers 0-1 in the first shard and 2-5 in the second. The embeddings,
+    # final norm and output head go in the third, and the fallback keeps that placement.
     layer_tensors = (
         "input_layernorm.weight", "post_attention_layernorm.weight", "mlp.router.weight", "mlp.router.bias",
         "mlp.experts.gate_up_proj_blocks", "mlp.experts.gate_up_proj_scales", "mlp.experts.gate_up_proj_bias",
