@@ -219,8 +219,8 @@ def build(
 def _place_files(plan: list[tuple[Path, str]], staging: Path, link: str) -> dict[str, str]:
     """Link or copy each file, then hash the placed file and compare it with the source's hash.
 
-    A copy hashes the source while reading it, so each copied byte is read twice in all (copy, then
-    check); a hard link shares the source's bytes and is hashed once.
+    A copy hashes the source while reading it, so each copied byte is read twice in all: once to
+    copy it and once to check the copy. A hard link shares the source's bytes and is hashed once.
     """
     from huggingface_hub.utils import tqdm
 

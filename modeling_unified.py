@@ -733,17 +733,18 @@ class UnifiedMultimodalModel(PreTrainedModel):
             # A reply that stopped on the budget continues within the reserve. Inside its reasoning, the
             # final channel is opened for it first. Inside a final answer, the answer simply goes on.
             # A tool call is handled like reasoning, because this pipeline offers the model no tools.
-            rescue = []
+            has_final = {}
             for index, reply in enumerate(replies):
                 parse = parse_reply(reply.ids, harmony, _decoder(tokenizer))
                 if reserve > 0 and (parse.stop is None or (parse.stop == "call" and not parse.has_final)):
-                    rescue.append(index)
+                    has_final[index] = parse.has_final
+            rescue = list(has_final)
             if rescue:
                 prefix = tokenizer.encode(FINAL_CHANNEL_PREFIX, add_special_tokens=False)
                 continued_prompts = []
                 for index in rescue:
                     reply = replies[index]
-                    if not parse_reply(reply.ids, harmony, _decoder(tokenizer)).has_final:
+                    if not has_final[index]:
                         if reply.ids and reply.ids[-1] == harmony.call:
                             reply.ids = reply.ids[:-1]
                         reply.ids = reply.ids + prefix

@@ -61,8 +61,9 @@ def sha256_file(path: Path, progress=None) -> str:
 
 
 def place_file(source: Path, target: Path, link: str, progress=None) -> tuple[str, str | None]:
-    """Put `source` at `target` by hard link or copy; return the method and, for a copy, the
-    SHA-256 of the bytes read from `source` while copying.
+    """Put `source` at `target` by hard link or copy, and return the method with a digest.
+
+    The digest is the SHA-256 of the bytes read from `source` while copying, and None for a link.
 
     `link` is "hardlink" (fail when impossible), "copy", or "auto" (hard link, else copy). Symbolic
     links, such as the Hugging Face cache's snapshot entries, are resolved first. A copy goes to a

@@ -66,7 +66,7 @@ def image_list(value) -> list:
 
 
 def normalize_requests(images, text_prompt, videos) -> tuple[list[Request], bool]:
-    """Turn generate's arguments into one Request per question; the flag tells whether it was a batch."""
+    """Turn generate's arguments into one Request per question, plus True when they were a batch."""
     if text_prompt is None:
         raise TypeError("generate() needs text_prompt: the question to answer.")
     if isinstance(text_prompt, (list, tuple)):

@@ -42,17 +42,7 @@ import time
 import traceback
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
-
-# Nothing can be fetched on the target machine; offline mode makes a missing file fail at once
-# instead of after network timeouts.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-for path in (str(REPO_ROOT), str(REPO_ROOT / "tests"), str(BENCH_DIR)):
-    if path not in sys.path:
-        sys.path.insert(0, path)
+from offline_setup import REPO_ROOT  # noqa: E402  (sets offline mode and import paths)
 
 import torch  # noqa: E402
 

@@ -34,15 +34,7 @@ import time
 import warnings
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-for path in (str(REPO_ROOT), str(REPO_ROOT / "tests"), str(BENCH_DIR)):
-    if path not in sys.path:
-        sys.path.insert(0, path)
+from offline_setup import BENCH_DIR, REPO_ROOT  # noqa: E402  (sets offline mode and import paths)
 
 import report  # noqa: E402
 from child import load_variant  # noqa: E402

@@ -39,7 +39,7 @@ def harmony_ids(tokenizer, text: str) -> list[int]:
 
 class ImageServer:
     """A real HTTP server on 127.0.0.1 that serves files of one folder and a few special routes:
-    /status/<code> answers with that HTTP status, /slow/<name> waits before answering, and
+    /status/<code> responds with that HTTP status, /slow/<name> waits before responding, and
     /huge sends more bytes than any sane image limit."""
 
     def __init__(self, folder: Path, slow_seconds: float = 3.0, huge_bytes: int = 8 * 1024 * 1024):

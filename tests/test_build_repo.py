@@ -417,7 +417,8 @@ def test_disk_full_removes_partial_build(sources, small_disk):
         """
     )
     assert result.returncode == 2
-    assert "disk holding" in result.stderr and "is full" in result.stderr
+    assert "disk holding" in result.stderr
+    assert "is full" in result.stderr
     assert list(small_disk.iterdir()) == []
 
 

@@ -1,8 +1,8 @@
 """Offline test bed: tiny Qwen3-VL and gpt-oss sources laid out like local snapshots of the Hub repos.
 
 The sources differ from Qwen/Qwen3-VL-4B-Instruct and openai/gpt-oss-20b only in width, depth and
-weight values: configs come from the real ones with sizes shrunk, tokenizers and chat templates are
-the real files, gpt-oss experts are stored in native MXFP4 under the real tensor and shard names.
+weight values. Configs are the real ones with sizes shrunk, and tokenizers and chat templates are
+the real files. gpt-oss experts are stored in native MXFP4 under the real tensor and shard names.
 When the real data folder is missing, a small BPE tokenizer and chat templates of our own stand in.
 
 Command line:
@@ -628,7 +628,7 @@ def write_edge_case_images(folder: Path, photo: Path) -> dict[str, Path]:
     save("gray16.png", Image.fromarray(gray16))
     save("tall_strip.png", base.resize((4, 400)))
 
-    # Pixels stored rotated, with an EXIF orientation that tells viewers to rotate them back.
+    # Pixels stored rotated, with an EXIF orientation that instructs viewers to rotate them back.
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
     save("exif_rotated.jpg", small.transpose(Image.Transpose.ROTATE_90), exif=exif, quality=95)
