@@ -320,8 +320,13 @@ def resolve_folder(location: str | os.PathLike, hub_kwargs: dict) -> Path:
     if path.exists() or str(location).startswith((".", "/", "~")):
         raise FolderError(f"Model folder {location} was not found.")
     from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import is_offline_mode
 
-    return Path(snapshot_download(str(location), **{k: v for k, v in hub_kwargs.items() if v is not None}))
+    settings = {k: v for k, v in hub_kwargs.items() if v is not None}
+    # In offline mode, huggingface_hub 1.x still asks the Hub for a pinned commit's file list unless
+    # local_files_only is set.
+    settings["local_files_only"] = bool(settings.get("local_files_only")) or is_offline_mode()
+    return Path(snapshot_download(str(location), **settings))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -121,15 +121,18 @@ def test_load_hub_id_from_offline_cache(built_folder, tmp_path):
     (repo / "refs" / "main").write_text(commit)
 
     result = run_python(
-        """
+        f"""
         from transformers import AutoModel
         model = AutoModel.from_pretrained("tester/unified", trust_remote_code=True)
         print(type(model).__name__, model.source_folder.name, type(model.get_llm_tokenizer()).__name__)
+        pinned = AutoModel.from_pretrained("tester/unified", revision={commit!r}, trust_remote_code=True)
+        print(pinned.source_folder.name)
         """,
         env={"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split()[:2] == ["UnifiedMultimodalModel", commit]
+    kind, folder, _, pinned_folder = result.stdout.split()
+    assert (kind, folder, pinned_folder) == ("UnifiedMultimodalModel", commit, commit)
 
 
 def test_dequantize_warning_once_on_cpu(built_folder):
