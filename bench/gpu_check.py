@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """One-call check of the unified model on a GPU machine without network access.
 
-    python bench/gpu_check.py [--size full|tiny] [--out DIR] [--workdir DIR] [--keep]
+    python bench/gpu_check.py [--size full|tiny] [--out DIR] [--workdir DIR] [--keep] [--prepare-only]
 
 The machine cannot download the real models, so the script writes random weights itself. At
 `full` size these are Qwen3-VL-4B in BF16 (~8.9 GB) and gpt-oss-20b with MXFP4 experts
@@ -18,12 +18,13 @@ with build_repo.py (--link hardlink), loads it with `device_map="auto"` and meas
 Random weights practically never produce harmony structure, so every stage runs a fixed number
 of tokens (min_new_tokens = max_new_tokens) and `answer_reserve_tokens` is 0 (one stage-2 call per
 question). `--size tiny` runs the same steps at test-bed size, on the CPU when there is no GPU;
-GPU-only figures then read "n/a (no GPU)". Results go to DIR/gpu_check.json and DIR/gpu_check.txt
+GPU-only figures then read "n/a (no GPU)". `--prepare-only` stops after the build and checks the
+folder against its manifest (`build_repo.py --verify`); it needs no GPU, at either size. Results go to DIR/gpu_check.json and DIR/gpu_check.txt
 (DIR defaults to $OUT, else a new temporary folder); the table is also printed last.
 
-NOTE: only `--size tiny` on a CPU has run so far (tests/test_gpu_check.py). The CUDA code paths
-(weights made on the GPU, memory figures, the copy bandwidth, the 8-minute budget at full size)
-have not yet run on a GPU.
+NOTE: only `--size tiny` (tests/test_gpu_check.py) and `--size full --prepare-only` have run so far,
+both on a CPU. The CUDA code paths (weights made on the GPU, memory figures, the copy bandwidth,
+the 8-minute budget at full size) have not yet run on a GPU.
 """
 
 from __future__ import annotations
@@ -157,12 +158,22 @@ def write_photos(folder: Path) -> dict[str, Path]:
 
 def build_folder(sources: dict, output: Path) -> float:
     """Run build_repo.py with hard links; return its wall time in seconds."""
-    command = [sys.executable, str(REPO_ROOT / "build_repo.py"), "--vlm", sources["qwen3_vl"], "--llm",
-               sources["gpt_oss"], "--output", str(output), "--link", "hardlink"]  # fmt: skip
+    return _run_build_repo(["--vlm", sources["qwen3_vl"], "--llm", sources["gpt_oss"], "--output", str(output),
+                            "--link", "hardlink"])  # fmt: skip
+
+
+def verify_folder(folder: Path) -> float:
+    """Rehash the built folder against its manifest with `build_repo.py --verify`; return the wall time."""
+    return _run_build_repo(["--verify", str(folder)])
+
+
+def _run_build_repo(arguments: list[str]) -> float:
     started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "build_repo.py"), *arguments], capture_output=True,
+                            text=True, cwd=REPO_ROOT)  # fmt: skip
     if result.returncode != 0:
-        raise RuntimeError(f"build_repo.py failed with exit code {result.returncode}:\n{result.stderr[-3000:]}")
+        raise RuntimeError(f"build_repo.py {arguments[0]} failed with exit code {result.returncode}:\n"
+                           f"{result.stderr[-3000:]}")  # fmt: skip
     return time.perf_counter() - started
 
 
@@ -446,7 +457,12 @@ def _bytes(value) -> str:
 
 
 def render_table(results: dict) -> str:
-    rows = [("check", f"gpu_check --size {results['size']} on {results['device_name']}")]
+    mode = " --prepare-only" if results.get("prepare_only") else ""
+    rows = [("check", f"gpu_check --size {results['size']}{mode} on {results['device_name']}")]
+    sources = results.get("sources")
+    if sources:
+        rows.append(("weights written", f"Qwen3-VL {_bytes(sources['vlm_weight_bytes'])}, "
+                                        f"gpt-oss {_bytes(sources['llm_weight_bytes'])}"))  # fmt: skip
     load = results.get("load")
     if load:
         rows.append(("MXFP4 path", f"{load['mxfp4_path']} ({load['mxfp4_reason']})"))
@@ -516,9 +532,9 @@ def run_check(args, results: dict, save) -> None:
     settings = SETTINGS[args.size]
     gpu = torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")
-    if args.size == "full" and not gpu:
+    if args.size == "full" and not gpu and not args.prepare_only:
         raise RuntimeError("--size full needs a CUDA GPU: the weights take 22.6 GB on disk and ~51 GB in memory once "
-                           "the experts are dequantized. Use --size tiny on a machine without one.")  # fmt: skip
+                           "the experts are dequantized. Use --size tiny, or --prepare-only, on a machine without one.")  # fmt: skip
     transformers.utils.logging.disable_progress_bar()
     started = time.perf_counter()
     phases = results["phases_s"]
@@ -541,6 +557,11 @@ def run_check(args, results: dict, save) -> None:
     folder = args.workdir / "unified"
     build_folder(results["sources"], folder)
     since = phase_done("build", since)
+    if args.prepare_only:
+        verify_folder(folder)
+        phase_done("verify", since)
+        results["skipped"].append("load, generation and bandwidth: --prepare-only")
+        return
 
     model, results["load"] = load_model(folder, gpu)
     model.config.answer_reserve_tokens = 0
@@ -581,6 +602,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="folder for gpu_check.json and gpu_check.txt (default: $OUT, else a new temporary folder)")  # fmt: skip
     parser.add_argument("--workdir", type=Path, help="folder for weights and the built model (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work folder with the weights")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="stop after writing the weights, building the folder and verifying it (no GPU needed)")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -600,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine,
         "versions": package_versions(),
         "settings": SETTINGS[args.size],
+        "prepare_only": args.prepare_only,
         "phases_s": {},
         "skipped": [],
         "error": None,

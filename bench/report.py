@@ -123,6 +123,11 @@ gpt-oss-20b (MXFP4 experts), builds a folder with `build_repo.py`, loads it with
 time to the first answer token, and stage-2 decode speed against the memory-bandwidth limit. No GPU
 has been available to this project yet, so it has no GPU figures here. Its code path runs on the
 CPU at test-bed size in `tests/test_gpu_check.py` (`python -m pytest -m slow`).
+
+The steps before the load need no GPU, and they have run at full size on a 2-core AMD EPYC machine
+without one: `python bench/gpu_check.py --size full --prepare-only` wrote 8.88 GB of Qwen3-VL weights and
+13.76 GB of gpt-oss weights in 106 s, `build_repo.py` hard-linked them into a folder in 28 s, and
+`build_repo.py --verify` rehashed the folder in 19 s (2026-12-04).
 """
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -168,3 +169,28 @@ def test_tiny_run_bandwidth(tiny_results):
         assert bandwidth["measured_copy_bytes_per_s"] == NO_GPU
     else:
         assert 0 < bandwidth["ratio_measured"] < 1.5
+
+
+@pytest.mark.slow
+def test_tiny_prepare_only(tmp_path):
+    out, workdir = tmp_path / "out", tmp_path / "work"
+    result = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "gpu_check.py"), "--size", "tiny", "--prepare-only", "--out", str(out),
+         "--workdir", str(workdir)],
+        capture_output=True, text=True, timeout=900, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = json.loads((out / "gpu_check.json").read_text())
+    assert results["error"] is None
+    assert "load" not in results
+    assert "generation" not in results
+    assert list(results["phases_s"]) == ["write weights", "build", "verify", "total"]
+    assert results["skipped"] == ["load, generation and bandwidth: --prepare-only"]
+    for role, folder in (("vlm", "qwen3-vl"), ("llm", "gpt-oss")):
+        # Tensor data: each shard's size less its 8-byte length field and JSON header.
+        on_disk = sum(path.stat().st_size - 8 - struct.unpack("<Q", path.read_bytes()[:8])[0]
+                      for path in (workdir / folder).glob("*.safetensors"))  # fmt: skip
+        assert results["sources"][f"{role}_weight_bytes"] == on_disk
+    # The build hard-linked the shards it verified.
+    built = sorted((workdir / "unified" / "llm").glob("*.safetensors"))
+    assert built and all(path.stat().st_nlink == 2 for path in built)
