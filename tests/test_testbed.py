@@ -973,10 +973,8 @@ def test_fallback_harmony_template_equals_real(fixtures_dir, gpt_oss_tokenizer, 
     ]
     real = gpt_oss_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    # NOTE: the real template adds a "Current date: YYYY-MM-DD" line that the fallback leaves out.
-    real_lines = [line for line in real.split("\n") if not line.startswith("Current date: ")]
     rendered = fallback.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert rendered == "\n".join(real_lines)
+    assert rendered == real
 
 
 # ---------------------------------------------------------------------------------------------

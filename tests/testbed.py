@@ -370,7 +370,7 @@ _FALLBACK_CORPUS = (
 FALLBACK_HARMONY_TEMPLATE = (
     "{%- set effort = reasoning_effort | default('medium') -%}"
     "<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\n"
-    "Knowledge cutoff: 2024-06\n\nReasoning: {{ effort }}\n\n"
+    "Knowledge cutoff: 2024-06\nCurrent date: {{ strftime_now('%Y-%m-%d') }}\n\nReasoning: {{ effort }}\n\n"
     "# Valid channels: analysis, commentary, final. Channel must be included for every message.<|end|>"
     "{%- for message in messages -%}"
     "{%- if message.role in ('developer', 'system') -%}"
