@@ -259,13 +259,13 @@ def test_generate_scripted_harmony(model, photos, llm_tokenizer):
 
 
 def test_generate_stops_at_return_not_end(model, llm_tokenizer):
-    script = harmony_ids(
-        llm_tokenizer,
-        "<|channel|>analysis<|message|>a<|end|><|start|>assistant<|channel|>final<|message|>b<|return|>more",
+    reply = harmony_ids(
+        llm_tokenizer, "<|channel|>analysis<|message|>a<|end|><|start|>assistant<|channel|>final<|message|>b<|return|>"
     )
+    script = reply + harmony_ids(llm_tokenizer, "more")
     output = model.generate(text_prompt="Say b.", max_new_tokens=100,
                             logits_processor=LogitsProcessorList([ScriptedLogits(script)]), return_dict=True)  # fmt: skip
-    assert output.llm_output_ids == script[:-1]
+    assert output.llm_output_ids == reply
     assert 200007 not in model.llm.generation_config.eos_token_id
     assert {200002, 200012} <= set(model.llm.generation_config.eos_token_id)
 
