@@ -107,9 +107,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"Image: {args.image or 'scikit-image astronaut photo'}")
     print(f"Answer: {result.answer}")
     print(f"\nStage 1 (vision model): {result.description_tokens} tokens in {result.stage1_seconds:.2f} s")
+    # Channel headers and text outside any channel (frequent with random weights) make up the rest.
+    other = result.generated_tokens - result.reasoning_tokens - result.answer_tokens
     print(f"Stage 2 (gpt-oss): {result.prompt_tokens} prompt tokens, {result.generated_tokens} generated "
-          f"({result.reasoning_tokens} reasoning, {result.answer_tokens} answer) in {result.stage2_seconds:.2f} s; "
-          f"stop: {result.stop_reason}{', final channel forced' if result.forced_final else ''}")  # fmt: skip
+          f"({result.reasoning_tokens} reasoning, {result.answer_tokens} answer, {other} headers and other) in "
+          f"{result.stage2_seconds:.2f} s; stop: {result.stop_reason}"
+          f"{', final channel forced' if result.forced_final else ''}")  # fmt: skip
     if random_weights:
         print("\nNote: the demo models have random weights, so the answer is not meaningful. Build with "
               "`python build_repo.py` and run `python demo.py --model /tmp/my-unified-model` for real answers.")  # fmt: skip

@@ -43,8 +43,8 @@ try:
     from .unified_folder import read_manifest, verify_folder, write_manifest
     from .unified_harmony import FINAL_CHANNEL_PREFIX, HarmonyStreamParser, HarmonyTokenIds, parse_reply
     from .unified_images import ImageLoadError
-    from .unified_inputs import DescriptionJob, Request, chat_conversation, chat_option_kwargs, check_positive_int
-    from .unified_inputs import description_jobs, normalize_requests, parse_chat
+    from .unified_inputs import DescriptionJob, Request, chat_conversation, chat_option_kwargs, check_non_negative_int
+    from .unified_inputs import check_positive_int, check_sampling_settings, description_jobs, normalize_requests, parse_chat
     from .unified_loading import NATIVE, check_model_folder, devices_of, gpu_budgets, load_llm, load_submodel
     from .unified_loading import loaded_mxfp4_path, plan_mxfp4, plan_placement, remaining_memory, resolve_folder
     from .unified_loading import split_device_map, weight_bytes
@@ -56,8 +56,8 @@ except ImportError:  # imported as a top-level module, with the model folder on 
     from unified_folder import read_manifest, verify_folder, write_manifest
     from unified_harmony import FINAL_CHANNEL_PREFIX, HarmonyStreamParser, HarmonyTokenIds, parse_reply
     from unified_images import ImageLoadError
-    from unified_inputs import DescriptionJob, Request, chat_conversation, chat_option_kwargs, check_positive_int
-    from unified_inputs import description_jobs, normalize_requests, parse_chat
+    from unified_inputs import DescriptionJob, Request, chat_conversation, chat_option_kwargs, check_non_negative_int
+    from unified_inputs import check_positive_int, check_sampling_settings, description_jobs, normalize_requests, parse_chat
     from unified_loading import NATIVE, check_model_folder, devices_of, gpu_budgets, load_llm, load_submodel
     from unified_loading import loaded_mxfp4_path, plan_mxfp4, plan_placement, remaining_memory, resolve_folder
     from unified_loading import split_device_map, weight_bytes
@@ -107,6 +107,8 @@ class UnifiedGenerationOutput:
         prompt_tokens: tokens of the stage-2 prompt.
         reasoning_tokens / answer_tokens: tokens in the analysis and final channels.
         generated_tokens: all tokens stage 2 generated, the appended final-channel header excluded.
+            Channel headers and text outside any channel count here too, so this can exceed
+            reasoning_tokens + answer_tokens.
         stage1_seconds / stage2_seconds: wall time of each stage for the call (shared by a batch).
         llm_output_ids: the stage-2 token ids after the prompt, the appended header included.
     """
@@ -131,6 +133,7 @@ class UnifiedGenerationOutput:
 class _Options:
     max_new_tokens: int
     reasoning_effort: str
+    answer_reserve_tokens: int
     description_mode: str
     multi_image_mode: str
     vision_prompt: str
@@ -404,6 +407,7 @@ class UnifiedMultimodalModel(PreTrainedModel):
         *,
         videos=None,
         reasoning_effort: str | None = None,
+        answer_reserve_tokens: int | None = None,
         streamer=None,
         return_dict: bool = False,
         seed: int | None = None,
@@ -427,9 +431,12 @@ class UnifiedMultimodalModel(PreTrainedModel):
             text_prompt: the question, or a list of questions (a batch).
             vlm_processor, llm_tokenizer: default to the folder's vlm_processor/ and llm_tokenizer/.
             max_new_tokens: stage-2 token budget for reasoning plus answer. Up to
-                `config.answer_reserve_tokens` of it (at most half) is held back for the answer.
+                `answer_reserve_tokens` of it (at most half) is held back for the answer.
             videos: a video file path or a list of frames; for a batch, one entry per prompt.
             reasoning_effort: "low", "medium" or "high"; defaults to `config.reasoning_effort`.
+            answer_reserve_tokens: tokens held back so that a reply still inside its reasoning
+                can be closed with an answer; 0 turns this off. Defaults to
+                `config.answer_reserve_tokens`.
             streamer: a transformers streamer (`TextStreamer`, `TextIteratorStreamer`); it receives
                 only final-channel text. Batches of one prompt only.
             return_dict: return `UnifiedGenerationOutput` instead of the answer string.
@@ -457,7 +464,8 @@ class UnifiedMultimodalModel(PreTrainedModel):
         """
         requests, is_batch = normalize_requests(images, text_prompt, videos)
         options = self._options(
-            max_new_tokens=max_new_tokens, reasoning_effort=reasoning_effort, description_mode=description_mode,
+            max_new_tokens=max_new_tokens, reasoning_effort=reasoning_effort,
+            answer_reserve_tokens=answer_reserve_tokens, description_mode=description_mode,
             multi_image_mode=multi_image_mode, vision_prompt=vision_prompt,
             description_max_new_tokens=description_max_new_tokens, vision_generation_kwargs=vision_generation_kwargs,
             max_image_pixels=max_image_pixels, max_image_bytes=max_image_bytes,
@@ -540,6 +548,7 @@ class UnifiedMultimodalModel(PreTrainedModel):
         *,
         max_new_tokens,
         reasoning_effort=None,
+        answer_reserve_tokens=None,
         description_mode=None,
         multi_image_mode="each",
         vision_prompt=None,
@@ -557,6 +566,8 @@ class UnifiedMultimodalModel(PreTrainedModel):
         effort = config.reasoning_effort if reasoning_effort is None else reasoning_effort
         if effort not in REASONING_EFFORTS:
             raise ValueError(f"reasoning_effort must be one of {REASONING_EFFORTS}, got {effort!r}.")
+        reserve = config.answer_reserve_tokens if answer_reserve_tokens is None else answer_reserve_tokens
+        check_non_negative_int("answer_reserve_tokens", reserve)
 
         mode = config.description_mode if description_mode is None else description_mode
         if mode not in DESCRIPTION_MODES:
@@ -612,7 +623,7 @@ class UnifiedMultimodalModel(PreTrainedModel):
             )
 
         return _Options(
-            max_new_tokens=max_new_tokens, reasoning_effort=effort, description_mode=mode,
+            max_new_tokens=max_new_tokens, reasoning_effort=effort, answer_reserve_tokens=reserve, description_mode=mode,
             multi_image_mode=multi_image_mode, vision_prompt=template, description_max_new_tokens=budget,
             vision_generation=vision_generation, max_image_pixels=pixels, max_image_bytes=max_image_bytes,
             use_cache=bool(use_description_cache), seed=seed, generation_overrides=overrides,
@@ -716,7 +727,7 @@ class UnifiedMultimodalModel(PreTrainedModel):
         prompts = [self._render_prompt(conversation, tokenizer, options) for conversation in conversations]
 
         budget = options.max_new_tokens
-        reserve = min(self.config.answer_reserve_tokens, budget // 2)
+        reserve = min(options.answer_reserve_tokens, budget // 2)
         generation_config = _generation_config(
             self.llm, options.generation_overrides, budget - reserve, options.base_generation_config
         )
@@ -941,6 +952,8 @@ def _check_generation_settings(stage2: dict, stage1: dict, known: GenerationConf
             f"vision_generation_kwargs or config.description_generation contain settings that GenerationConfig does "
             f"not define: {unknown}. Check their spelling."
         )
+    check_sampling_settings(stage2, "the stage-2 settings of generate")
+    check_sampling_settings(stage1, "vision_generation_kwargs or config.description_generation")
 
 
 def _check_vlm_processor(processor, config: UnifiedConfig) -> None:

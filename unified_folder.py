@@ -18,6 +18,9 @@ VLM_SUBFOLDER = "vlm"
 LLM_SUBFOLDER = "llm"
 VLM_PROCESSOR_SUBFOLDER = "vlm_processor"
 LLM_TOKENIZER_SUBFOLDER = "llm_tokenizer"
+# Files without which AutoProcessor / AutoTokenizer cannot load the two sub-folders above.
+VLM_PROCESSOR_REQUIRED = ("preprocessor_config.json", "tokenizer_config.json")
+LLM_TOKENIZER_REQUIRED = ("tokenizer.json", "tokenizer_config.json")
 
 MANIFEST_NAME = "manifest.json"
 INDEX_NAME = "model.safetensors.index.json"

@@ -382,7 +382,7 @@ def load_video(
 def _decode_video_file(path: Path, sample_fps: float, max_frames: int, max_pixels: int | None) -> VideoClip:
     label = describe_input(str(path))
     if not path.is_file():
-        raise ImageLoadError(f"Video file {label} was not found.")
+        raise ImageLoadError(f"Video file {label} was not found; check the path or pass the frames as a list of images.")
     try:
         import av
     except ImportError as error:
@@ -405,9 +405,12 @@ def _decode_video_file(path: Path, sample_fps: float, max_frames: int, max_pixel
                 if position >= indices[-1]:
                     break
     except (av.error.FFmpegError, IndexError, OSError) as error:
-        raise ImageLoadError(f"Could not decode video file {label}: {error}.") from error
+        raise ImageLoadError(
+            f"Could not decode video file {label}: {error}. Check that it is a complete video, or pass its frames as "
+            "a list of images."
+        ) from error
     if not frames:
-        raise ImageLoadError(f"Video file {label} contains no frames.")
+        raise ImageLoadError(f"Video file {label} contains no frames; pass a video with at least one frame.")
     indices = [index for index in indices if index in frames]
     frames = [frames[index] for index in indices]
     return VideoClip(np.stack([np.asarray(f) for f in frames]), fps, indices, total)

@@ -49,6 +49,36 @@ def check_positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be > 0, got {value}.")
 
 
+def check_non_negative_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r}).")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}.")
+
+
+# Valid ranges of the sampling settings, with what to pass instead. transformers skips some of
+# these checks (top_p >= 1, for one), so a wrong value could otherwise pass without a word.
+_SAMPLING_RANGES = {
+    "temperature": (lambda v: v > 0, "> 0 (1.0 leaves the scores as they are)"),
+    "top_p": (lambda v: 0 < v <= 1, "in (0, 1] (1.0 turns nucleus sampling off)"),
+    "min_p": (lambda v: 0 <= v <= 1, "in [0, 1] (0 turns it off)"),
+    "top_k": (lambda v: v >= 0 and float(v).is_integer(), "a whole number >= 0 (0 turns it off)"),
+    "repetition_penalty": (lambda v: v > 0, "> 0 (1.0 turns it off)"),
+}
+
+
+def check_sampling_settings(settings: dict, where: str) -> None:
+    """Reject out-of-range sampling settings in `settings`; `where` names their source in the message."""
+    for name, (valid, expected) in _SAMPLING_RANGES.items():
+        value = settings.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise TypeError(f"{name} in {where} must be a number {expected}, got {type(value).__name__} ({value!r:.80}).")
+        if value != value or not valid(value):  # value != value: NaN
+            raise ValueError(f"{name} in {where} must be {expected}, got {value}.")
+
+
 def check_question(value, name: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a string, got {type(value).__name__} ({value!r:.80}).")
@@ -94,7 +124,7 @@ def _per_prompt(value, count: int, name: str, entry: str) -> list:
 
 
 def chat_option_kwargs(kwargs: dict) -> dict:
-    names = ("reasoning_effort", "description_mode", "multi_image_mode", "vision_prompt", "description_max_new_tokens",
+    names = ("reasoning_effort", "answer_reserve_tokens", "description_mode", "multi_image_mode", "vision_prompt", "description_max_new_tokens",
              "vision_generation_kwargs", "max_image_pixels", "max_image_bytes", "use_description_cache", "seed")  # fmt: skip
     return {name: kwargs.pop(name) for name in names if name in kwargs}
 

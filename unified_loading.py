@@ -14,9 +14,11 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.utils import logging
 
 try:
-    from .unified_folder import FolderError, check_shards, read_safetensors_header, shard_names
+    from .unified_folder import LLM_TOKENIZER_REQUIRED, VLM_PROCESSOR_REQUIRED, FolderError, check_shards
+    from .unified_folder import read_safetensors_header, shard_names
 except ImportError:  # imported as a top-level module, with the model folder on sys.path
-    from unified_folder import FolderError, check_shards, read_safetensors_header, shard_names
+    from unified_folder import LLM_TOKENIZER_REQUIRED, VLM_PROCESSOR_REQUIRED, FolderError, check_shards
+    from unified_folder import read_safetensors_header, shard_names
 
 logger = logging.get_logger(__name__)
 
@@ -282,8 +284,8 @@ def check_model_folder(folder: Path, config) -> dict:
             f"{llm_config_path} has no MXFP4 quantization_config (found {quantization or 'none'}); the LLM must be "
             "the gpt-oss checkpoint with native MXFP4 experts. Rebuild the folder with build_repo.py."
         )
-    check_subfolder(folder, config.vlm_processor_subfolder, ())
-    check_subfolder(folder, config.llm_tokenizer_subfolder, ())
+    check_subfolder(folder, config.vlm_processor_subfolder, VLM_PROCESSOR_REQUIRED)
+    check_subfolder(folder, config.llm_tokenizer_subfolder, LLM_TOKENIZER_REQUIRED)
     return loaded
 
 

@@ -102,6 +102,25 @@ GENERATE_CASES = [
                  id="streamer-batch"),
     pytest.param({"generation_config": {"do_sample": False}}, TypeError,
                  ["generation_config", "GenerationConfig", "dict"], id="generation-config-dict"),
+    pytest.param({"answer_reserve_tokens": -1}, ValueError, ["answer_reserve_tokens", "got -1"], id="reserve-negative"),
+    pytest.param({"answer_reserve_tokens": "all"}, TypeError, ["answer_reserve_tokens", "str", "'all'"],
+                 id="reserve-str"),
+    pytest.param({"do_sample": True, "top_p": 2.0}, ValueError, ["top_p", "(0, 1]", "got 2.0"], id="top-p-above-one"),
+    pytest.param({"do_sample": True, "top_p": 0.0}, ValueError, ["top_p", "(0, 1]", "got 0.0"], id="top-p-zero"),
+    pytest.param({"do_sample": True, "temperature": -1.0}, ValueError, ["temperature", "> 0", "got -1.0"],
+                 id="temperature-negative"),
+    pytest.param({"do_sample": True, "temperature": float("nan")}, ValueError, ["temperature", "got nan"],
+                 id="temperature-nan"),
+    pytest.param({"do_sample": True, "temperature": "hot"}, TypeError, ["temperature", "str", "'hot'"],
+                 id="temperature-str"),
+    pytest.param({"do_sample": True, "top_k": -5}, ValueError, ["top_k", ">= 0", "got -5"], id="top-k-negative"),
+    pytest.param({"do_sample": True, "top_k": 2.5}, ValueError, ["top_k", "whole number", "got 2.5"],
+                 id="top-k-fraction"),
+    pytest.param({"do_sample": True, "min_p": 1.5}, ValueError, ["min_p", "[0, 1]", "got 1.5"], id="min-p-above-one"),
+    pytest.param({"repetition_penalty": 0}, ValueError, ["repetition_penalty", "> 0", "got 0"],
+                 id="repetition-penalty-zero"),
+    pytest.param({"vision_generation_kwargs": {"do_sample": True, "top_p": 1.5}}, ValueError,
+                 ["top_p", "vision_generation_kwargs", "got 1.5"], id="vision-top-p"),
 ]
 
 
@@ -415,7 +434,20 @@ def remove_quantization_config(folder: Path):
     return folder / "llm" / "config.json", ["MXFP4", "build_repo.py"]
 
 
+def remove_processor_configs(folder: Path):
+    for path in (folder / "vlm_processor").glob("*.json"):
+        path.unlink()
+    return folder / "vlm_processor" / "preprocessor_config.json", ["build_repo.py"]
+
+
+def remove_llm_tokenizer_file(folder: Path):
+    (folder / "llm_tokenizer" / "tokenizer.json").unlink()
+    return folder / "llm_tokenizer" / "tokenizer.json", ["build_repo.py"]
+
+
 FOLDER_CASES = [
+    pytest.param(remove_processor_configs, id="no-processor-configs"),
+    pytest.param(remove_llm_tokenizer_file, id="no-llm-tokenizer-json"),
     pytest.param(remove_vlm_folder, id="missing-vlm"),
     pytest.param(remove_llm_shard, id="missing-llm-shard"),
     pytest.param(truncate_llm_shard, id="truncated-llm-shard"),

@@ -92,6 +92,19 @@ def test_safetensors_round_trip(tmp_path):
     assert torch.equal(norm, torch.ones(8, dtype=torch.bfloat16))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a CUDA GPU")
+def test_full_size_refused_without_gpu(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "gpu_check.py"), "--size", "full", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--size full needs a CUDA GPU" in result.stderr
+    assert "--prepare-only" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------------------------------------
 # One run at test-bed size
 # ---------------------------------------------------------------------------------------------
@@ -122,6 +135,9 @@ def test_tiny_run_completes(tiny_run, tiny_results):
     table = (out / "gpu_check.txt").read_text()
     assert "MXFP4 path" in table
     assert result.stdout.rstrip().endswith(table.rstrip())
+    # The warnings of the model about missing final answers are silenced, and the table says so.
+    assert "no final answer" not in result.stderr
+    assert "warnings about missing final answers are silenced" in table
 
 
 @pytest.mark.slow

@@ -672,6 +672,7 @@ def test_video_missing_file(tmp_path):
         load_video(path)
 
     assert str(path) in str(caught.value)
+    assert "check the path" in str(caught.value)
 
 
 def test_video_not_a_video(edge_images):
@@ -681,6 +682,7 @@ def test_video_not_a_video(edge_images):
         load_video(path)
 
     assert str(path) in str(caught.value)
+    assert "list of images" in str(caught.value)
 
 
 def test_video_empty_list():

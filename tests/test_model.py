@@ -284,6 +284,22 @@ def test_generate_budget_rescue(model, llm_tokenizer):
     assert output.generated_tokens == len(script)
 
 
+@pytest.mark.parametrize("reserve", [0, 6])
+def test_generate_reserve_per_call(model, llm_tokenizer, reserve):
+    budget = 24
+    configured = model.config.answer_reserve_tokens
+    assert configured not in (0, reserve)
+    analysis = harmony_ids(llm_tokenizer, "<|channel|>analysis<|message|>" + "thinking " * 40)
+    script = analysis[: budget - reserve] + harmony_ids(llm_tokenizer, "Blue.<|return|>")
+    output = model.chat([{"role": "user", "content": "What colour is the sky?"}], max_new_tokens=budget,
+                        answer_reserve_tokens=reserve, logits_processor=LogitsProcessorList([ScriptedLogits(script)]),
+                        return_dict=True)  # fmt: skip
+    assert output.forced_final == (reserve > 0)
+    assert output.answer == ("Blue." if reserve else "")
+    assert output.generated_tokens == (len(script) if reserve else budget)
+    assert model.config.answer_reserve_tokens == configured
+
+
 def test_generate_rescue_without_stop(model):
     output = model.generate(text_prompt="Hello?", max_new_tokens=10, do_sample=False, return_dict=True)
     assert output.forced_final
