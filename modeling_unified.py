@@ -44,7 +44,8 @@ try:
     from .unified_harmony import FINAL_CHANNEL_PREFIX, HarmonyStreamParser, HarmonyTokenIds, parse_reply
     from .unified_images import ImageLoadError
     from .unified_inputs import DescriptionJob, Request, chat_conversation, chat_option_kwargs, check_non_negative_int
-    from .unified_inputs import check_positive_int, check_sampling_settings, description_jobs, normalize_requests, parse_chat
+    from .unified_inputs import check_positive_int, check_sampling_settings, description_jobs, normalize_requests
+    from .unified_inputs import parse_chat
     from .unified_loading import NATIVE, check_model_folder, devices_of, gpu_budgets, load_llm, load_submodel
     from .unified_loading import loaded_mxfp4_path, plan_mxfp4, plan_placement, remaining_memory, resolve_folder
     from .unified_loading import split_device_map, weight_bytes
@@ -57,7 +58,8 @@ except ImportError:  # imported as a top-level module, with the model folder on 
     from unified_harmony import FINAL_CHANNEL_PREFIX, HarmonyStreamParser, HarmonyTokenIds, parse_reply
     from unified_images import ImageLoadError
     from unified_inputs import DescriptionJob, Request, chat_conversation, chat_option_kwargs, check_non_negative_int
-    from unified_inputs import check_positive_int, check_sampling_settings, description_jobs, normalize_requests, parse_chat
+    from unified_inputs import check_positive_int, check_sampling_settings, description_jobs, normalize_requests
+    from unified_inputs import parse_chat
     from unified_loading import NATIVE, check_model_folder, devices_of, gpu_budgets, load_llm, load_submodel
     from unified_loading import loaded_mxfp4_path, plan_mxfp4, plan_placement, remaining_memory, resolve_folder
     from unified_loading import split_device_map, weight_bytes
@@ -623,7 +625,8 @@ class UnifiedMultimodalModel(PreTrainedModel):
             )
 
         return _Options(
-            max_new_tokens=max_new_tokens, reasoning_effort=effort, answer_reserve_tokens=reserve, description_mode=mode,
+            max_new_tokens=max_new_tokens, reasoning_effort=effort, answer_reserve_tokens=reserve,
+            description_mode=mode,
             multi_image_mode=multi_image_mode, vision_prompt=template, description_max_new_tokens=budget,
             vision_generation=vision_generation, max_image_pixels=pixels, max_image_bytes=max_image_bytes,
             use_cache=bool(use_description_cache), seed=seed, generation_overrides=overrides,
