@@ -77,22 +77,15 @@ def resolve_source(role: str, spec: str, revision: str | None, token: str | None
     if path.exists() or spec.startswith((".", "/", "~")):
         raise BuildError(f"--{role} {spec}: not a folder. Pass a local model folder or a Hub repo id.")
 
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.constants import is_offline_mode
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     small = VLM_MODEL_FILES + VLM_PROCESSOR_FILES if role == "vlm" else LLM_MODEL_FILES + LLM_TOKENIZER_FILES
-    # In offline mode, huggingface_hub 1.x still asks the Hub for a pinned commit's file list unless
-    # local_files_only is set.
-    cached_only = is_offline_mode()
     try:
         # First the configs and the index (a few MB), pinned to one commit; then exactly the shards the index names.
-        folder = Path(snapshot_download(spec, revision=revision, token=token, allow_patterns=list(small),
-                                        local_files_only=cached_only))  # fmt: skip
+        folder = layout.hub_snapshot(spec, revision=revision, token=token, allow_patterns=list(small))
         commit = folder.name
         shards = layout.shard_names(folder)
-        folder = Path(snapshot_download(spec, revision=commit, token=token, allow_patterns=list(small) + shards,
-                                        local_files_only=cached_only))  # fmt: skip
+        folder = layout.hub_snapshot(spec, revision=commit, token=token, allow_patterns=list(small) + shards)
     except LocalEntryNotFoundError as error:
         raise BuildError(
             f"--{role} {spec}: no cached copy was found and the Hub cannot be reached ({error}). Connect to the "

@@ -1,7 +1,8 @@
 """Layout of a packaged model folder, its manifest, and checks of safetensors shards.
 
 Shared by build_repo.py (which writes folders) and modeling_unified.py (which loads and saves them).
-Only the standard library is used, so importing this module is cheap and has no side effects.
+The module imports only the standard library (hub_snapshot imports huggingface_hub when called),
+so importing it is cheap and has no side effects.
 """
 
 from __future__ import annotations
@@ -50,6 +51,20 @@ class FolderError(ValueError):
 # ---------------------------------------------------------------------------------------------
 # Hashing and copying
 # ---------------------------------------------------------------------------------------------
+
+
+def hub_snapshot(repo_id: str, **settings) -> Path:
+    """Download a snapshot of a Hub repo, or find it in the Hugging Face cache, and return its folder.
+
+    `settings` are those of huggingface_hub's `snapshot_download`. In offline mode
+    (HF_HUB_OFFLINE=1) only the cache is read: huggingface_hub 1.x otherwise requests the file
+    list of a pinned commit from the Hub even then, and fails.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import is_offline_mode
+
+    settings["local_files_only"] = bool(settings.get("local_files_only")) or is_offline_mode()
+    return Path(snapshot_download(repo_id, **settings))
 
 
 def sha256_file(path: Path, progress=None) -> str:

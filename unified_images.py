@@ -163,15 +163,8 @@ def _open_location(location: str, *, timeout: float, max_bytes: int) -> Image.Im
         raise ImageLoadError(f"Image file {label} was not found; check the path or pass a PIL image.")
     if path.stat().st_size == 0:
         raise ImageLoadError(f"Image file {label} is empty (0 bytes).")
-    try:
-        with _bomb_guard(label):
-            image = Image.open(path)
-            image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        if isinstance(error, ImageLoadError):
-            raise
-        raise ImageLoadError(f"Could not read image file {label}: {error}. Is it a complete image file?") from error
-    return _first_frame(image, label, close=True)
+    failure = f"Could not read image file {label}"
+    return _decode_source(path, label, failure=failure, hint=" Is it a complete image file?")
 
 
 def download(url: str, *, timeout: float = URL_TIMEOUT_SECONDS, max_bytes: int = MAX_DOWNLOAD_BYTES) -> bytes:
@@ -213,14 +206,22 @@ def _decode_data_url(url: str) -> bytes:
 def _decode(data: bytes, label: str) -> Image.Image:
     if not data:
         raise ImageLoadError(f"Image {label} is empty (0 bytes).")
+    return _decode_source(io.BytesIO(data), label, failure=f"Could not decode image {label}")
+
+
+def _decode_source(source, label: str, *, failure: str, hint: str = "") -> Image.Image:
+    """Open and decode an image from a path or a file object, under the decompression-bomb guard.
+
+    A decoding error becomes ImageLoadError("<failure>: <error>.<hint>").
+    """
     try:
         with _bomb_guard(label):
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(source)
             image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         if isinstance(error, ImageLoadError):
             raise
-        raise ImageLoadError(f"Could not decode image {label}: {error}.") from error
+        raise ImageLoadError(f"{failure}: {error}.{hint}") from error
     return _first_frame(image, label, close=True)
 
 

@@ -15,10 +15,10 @@ from transformers.utils import logging
 
 try:
     from .unified_folder import LLM_TOKENIZER_REQUIRED, VLM_PROCESSOR_REQUIRED, FolderError, check_shards
-    from .unified_folder import read_safetensors_header, shard_names
+    from .unified_folder import hub_snapshot, read_safetensors_header, shard_names
 except ImportError:  # imported as a top-level module, with the model folder on sys.path
     from unified_folder import LLM_TOKENIZER_REQUIRED, VLM_PROCESSOR_REQUIRED, FolderError, check_shards
-    from unified_folder import read_safetensors_header, shard_names
+    from unified_folder import hub_snapshot, read_safetensors_header, shard_names
 
 logger = logging.get_logger(__name__)
 
@@ -321,14 +321,7 @@ def resolve_folder(location: str | os.PathLike, hub_kwargs: dict) -> Path:
         return path
     if path.exists() or str(location).startswith((".", "/", "~")):
         raise FolderError(f"Model folder {location} was not found.")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.constants import is_offline_mode
-
-    settings = {k: v for k, v in hub_kwargs.items() if v is not None}
-    # In offline mode, huggingface_hub 1.x still asks the Hub for a pinned commit's file list unless
-    # local_files_only is set.
-    settings["local_files_only"] = bool(settings.get("local_files_only")) or is_offline_mode()
-    return Path(snapshot_download(str(location), **settings))
+    return hub_snapshot(str(location), **{k: v for k, v in hub_kwargs.items() if v is not None})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,7 +50,8 @@ import torch  # noqa: E402
 
 import random_checkpoints  # noqa: E402
 import testbed  # noqa: E402
-from timing import ModuleClock, format_bytes, machine_info  # noqa: E402
+from child import rss_parts  # noqa: E402
+from timing import BATCH_PROMPTS, ModuleClock, format_bytes, machine_info  # noqa: E402
 
 NO_GPU = "n/a (no GPU)"
 SETTINGS = {
@@ -59,16 +60,6 @@ SETTINGS = {
     "tiny": {"tokens": 8, "repeats": 1, "budget_s": 420},
 }
 BATCH_SIZES = (1, 8)
-PROMPTS = (
-    ("astronaut", "What is the main subject of this image?"),
-    ("chelsea", "What animal is this?"),
-    ("coffee", "How many cups are on the table?"),
-    ("rocket", "What is being launched?"),
-    ("page", "What does the printed text say?"),
-    ("astronaut", "What is the person wearing?"),
-    ("chelsea", "What colour is the fur?"),
-    ("coffee", "What drink is served?"),
-)
 # Nominal peak memory bandwidth in bytes/s by GPU model; the first name contained in torch's device
 # name wins, so specific names come first. NOTE: vendor figures as quoted for each model, not
 # checked against a datasheet here; the measured device-to-device copy is reported beside them.
@@ -218,12 +209,9 @@ def _gpu_peak() -> int:
 
 def _rss_bytes() -> int | None:
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+        return rss_parts().get("VmRSS")
+    except OSError:  # no /proc outside Linux
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,7 +240,7 @@ def decode_rate(ends: list[float], batch: int) -> float | None:
 def measure_generation(model, processor, tokenizer, images: dict, batch: int, tokens: int, repeats: int,
                        gpu: bool) -> dict:  # fmt: skip
     """Measure both stages with `batch` prompts per call: one warm-up call, then `repeats` timed ones (medians)."""
-    chosen = [(images[name], question) for name, question in PROMPTS[:batch]]
+    chosen = [(images[name], question) for name, question in BATCH_PROMPTS[:batch]]
     arguments = {"vlm_processor": processor, "llm_tokenizer": tokenizer, "use_description_cache": False,
                  **fixed_tokens(tokens)}  # fmt: skip
     if batch == 1:
@@ -345,7 +333,7 @@ def measure_first_answer_token(model, processor, tokenizer, image, tokens: int, 
     for index in range(repeats + 1):  # the first run warms up
         streamer = FirstPutClock()
         started = time.perf_counter()
-        output = model.generate(images=image, text_prompt=PROMPTS[0][1], vlm_processor=processor, llm_tokenizer=tokenizer,
+        output = model.generate(images=image, text_prompt=BATCH_PROMPTS[0][1], vlm_processor=processor, llm_tokenizer=tokenizer,
                                 use_description_cache=False, streamer=streamer,
                                 logits_processor=LogitsProcessorList([ForcedPrefix(prefix)]), **fixed_tokens(tokens))  # fmt: skip
         if index == 0:

@@ -38,7 +38,8 @@ from offline_setup import BENCH_DIR, REPO_ROOT  # noqa: E402  (sets offline mode
 
 import report  # noqa: E402
 from child import load_variant  # noqa: E402
-from timing import ModuleClock, compare, machine_info, profile_call, profile_difference, top_own_times  # noqa: E402
+from timing import BATCH_PROMPTS, ModuleClock, compare, machine_info, profile_call, profile_difference  # noqa: E402
+from timing import top_own_times  # noqa: E402
 
 SIZES = ("tiny", "medium")
 # Repeats are sized so that the full run takes about 10 minutes and --quick under 3 on 2 busy cores.
@@ -58,16 +59,6 @@ BATCH_SIZE = 8
 QUESTION = "What is the main subject of this image?"
 FOLLOW_UP = "What colours stand out?"
 FIRST_ANSWER = "An astronaut in a white suit in front of a flag."
-BATCH_PROMPTS = (
-    ("astronaut", "What is the main subject of this image?"),
-    ("chelsea", "What animal is this?"),
-    ("coffee", "How many cups are on the table?"),
-    ("rocket", "What is being launched?"),
-    ("page", "What does the printed text say?"),
-    ("astronaut", "What is the person wearing?"),
-    ("chelsea", "What colour is the fur?"),
-    ("coffee", "What drink is served?"),
-)
 
 
 # ---------------------------------------------------------------------------------------------

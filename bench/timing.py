@@ -17,6 +17,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Eight questions about the five scikit-image photos, used for the batch measurements.
+BATCH_PROMPTS = (
+    ("astronaut", "What is the main subject of this image?"),
+    ("chelsea", "What animal is this?"),
+    ("coffee", "How many cups are on the table?"),
+    ("rocket", "What is being launched?"),
+    ("page", "What does the printed text say?"),
+    ("astronaut", "What is the person wearing?"),
+    ("chelsea", "What colour is the fur?"),
+    ("coffee", "What drink is served?"),
+)
+
 
 @dataclass
 class Timing:
