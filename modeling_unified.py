@@ -436,8 +436,8 @@ class UnifiedMultimodalModel(PreTrainedModel):
                 `answer_reserve_tokens` of it (at most half) is held back for the answer.
             videos: a video file path or a list of frames; for a batch, one entry per prompt.
             reasoning_effort: "low", "medium" or "high"; defaults to `config.reasoning_effort`.
-            answer_reserve_tokens: tokens held back so that a reply still inside its reasoning
-                can be closed with an answer; 0 turns this off. Defaults to
+            answer_reserve_tokens: tokens of `max_new_tokens` kept for the final channel when
+                the reasoning uses up the rest. 0 turns this off. Defaults to
                 `config.answer_reserve_tokens`.
             streamer: a transformers streamer (`TextStreamer`, `TextIteratorStreamer`); it receives
                 only final-channel text. Batches of one prompt only.

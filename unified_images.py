@@ -212,7 +212,7 @@ def _decode(data: bytes, label: str) -> Image.Image:
 def _decode_source(source, label: str, *, failure: str, hint: str = "") -> Image.Image:
     """Open and decode an image from a path or a file object, under the decompression-bomb guard.
 
-    A decoding error becomes ImageLoadError("<failure>: <error>.<hint>").
+    A decoding error raises ImageLoadError with the message "<failure>: <error>.<hint>".
     """
     try:
         with _bomb_guard(label):
@@ -383,7 +383,7 @@ def load_video(
 def _decode_video_file(path: Path, sample_fps: float, max_frames: int, max_pixels: int | None) -> VideoClip:
     label = describe_input(str(path))
     if not path.is_file():
-        raise ImageLoadError(f"Video file {label} was not found; check the path or pass the frames as a list of images.")
+        raise ImageLoadError(f"Video file {label} was not found. Check the path, or pass the frames as a list of images.")
     try:
         import av
     except ImportError as error:
@@ -411,7 +411,7 @@ def _decode_video_file(path: Path, sample_fps: float, max_frames: int, max_pixel
             "a list of images."
         ) from error
     if not frames:
-        raise ImageLoadError(f"Video file {label} contains no frames; pass a video with at least one frame.")
+        raise ImageLoadError(f"Video file {label} contains no frames. Pass a video with at least one frame.")
     indices = [index for index in indices if index in frames]
     frames = [frames[index] for index in indices]
     return VideoClip(np.stack([np.asarray(f) for f in frames]), fps, indices, total)

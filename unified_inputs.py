@@ -56,8 +56,9 @@ def check_non_negative_int(name: str, value) -> None:
         raise ValueError(f"{name} must be >= 0, got {value}.")
 
 
-# Valid ranges of the sampling settings, with what to pass instead. transformers skips some of
-# these checks (top_p >= 1, for one), so a wrong value could otherwise pass without a word.
+# Valid ranges of the sampling settings, each with a description for the error message. transformers
+# checks a value only when it builds the matching logits processor, and it builds none for top_p >= 1,
+# so top_p=2.0 would otherwise pass silently.
 _SAMPLING_RANGES = {
     "temperature": (lambda v: v > 0, "> 0 (1.0 leaves the scores as they are)"),
     "top_p": (lambda v: 0 < v <= 1, "in (0, 1] (1.0 turns nucleus sampling off)"),

@@ -155,7 +155,7 @@ def build_folder(sources: dict, output: Path) -> float:
 
 
 def verify_folder(folder: Path) -> float:
-    """Rehash the built folder against its manifest with `build_repo.py --verify`; return the wall time."""
+    """Rehash the built folder against its manifest (`build_repo.py --verify`) and return the seconds taken."""
     return _run_build_repo(["--verify", str(folder)])
 
 
@@ -210,7 +210,7 @@ def _gpu_peak() -> int:
 def _rss_bytes() -> int | None:
     try:
         return rss_parts().get("VmRSS")
-    except OSError:  # no /proc outside Linux
+    except OSError:  # Outside Linux there is no /proc.
         return None
 
 

@@ -93,7 +93,7 @@ def test_safetensors_round_trip(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a CUDA GPU")
-def test_full_size_refused_without_gpu(tmp_path):
+def test_full_size_rejected_without_gpu(tmp_path):
     result = subprocess.run(
         [sys.executable, str(BENCH_DIR / "gpu_check.py"), "--size", "full", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
@@ -135,7 +135,7 @@ def test_tiny_run_completes(tiny_run, tiny_results):
     table = (out / "gpu_check.txt").read_text()
     assert "MXFP4 path" in table
     assert result.stdout.rstrip().endswith(table.rstrip())
-    # The warnings of the model about missing final answers are silenced, and the table says so.
+    # The model's warnings about missing final answers are silenced, and the table notes it.
     assert "no final answer" not in result.stderr
     assert "warnings about missing final answers are silenced" in table
 

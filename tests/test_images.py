@@ -672,7 +672,7 @@ def test_video_missing_file(tmp_path):
         load_video(path)
 
     assert str(path) in str(caught.value)
-    assert "check the path" in str(caught.value)
+    assert "Check the path" in str(caught.value)
 
 
 def test_video_not_a_video(edge_images):
