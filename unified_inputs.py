@@ -56,9 +56,8 @@ def check_non_negative_int(name: str, value) -> None:
         raise ValueError(f"{name} must be >= 0, got {value}.")
 
 
-# Valid ranges of the sampling settings, each with a description for the error message. transformers
-# checks a value only when it builds the matching logits processor, and it builds none for top_p >= 1,
-# so top_p=2.0 would otherwise pass silently.
+# Valid ranges of the sampling settings, with their descriptions for error messages. transformers
+# builds no top-p processor for top_p >= 1, so it never checks a value such as 2.0 itself.
 _SAMPLING_RANGES = {
     "temperature": (lambda v: v > 0, "> 0 (1.0 leaves the scores as they are)"),
     "top_p": (lambda v: 0 < v <= 1, "in (0, 1] (1.0 turns nucleus sampling off)"),
@@ -76,7 +75,7 @@ def check_sampling_settings(settings: dict, where: str) -> None:
             continue
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise TypeError(f"{name} in {where} must be a number {expected}, got {type(value).__name__} ({value!r:.80}).")
-        if value != value or not valid(value):  # value != value: NaN
+        if value != value or not valid(value):  # Only NaN differs from itself.
             raise ValueError(f"{name} in {where} must be {expected}, got {value}.")
 
 
